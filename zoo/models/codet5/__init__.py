@@ -1,0 +1,1 @@
+"""Family codet5 (being built)."""

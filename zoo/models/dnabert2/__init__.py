@@ -1,0 +1,1 @@
+"""Family dnabert2 (being built)."""
