@@ -1,0 +1,198 @@
+"""xar family: shapes, the NCL objective, KV-cached sampling, data splits and loading paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+from zoo.errors import ConfigError, KeyMismatchError
+from zoo.models.xar import XARDataModule, XARModule
+from zoo.models.xar.model import block_causal_mask, entity_order, teacher_forcing_mask
+
+torch.set_num_threads(1)
+TINY = dict(zoo.model_info("xar-tiny").config)
+SMALL = {**TINY, "dim": 32, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2}
+
+
+def make(**overrides) -> XARModule:
+    torch.manual_seed(0)
+    return XARModule(**{**SMALL, **overrides})
+
+
+@pytest.mark.parametrize("entity,size,expected", [("token", 1, 16), ("cell", 2, 4), ("subsample", 2, 4), ("image", 1, 1)])
+def test_entity_layouts_cover_the_grid_once(entity, size, expected):
+    order, ids = entity_order(4, entity, size)
+    assert sorted(order.tolist()) == list(range(16))
+    assert int(ids.max()) + 1 == expected
+    assert torch.all(ids[1:] >= ids[:-1])  # entity-major sequence
+
+
+def test_cell_entity_holds_neighbouring_tokens():
+    order, ids = entity_order(4, "cell", 2)
+    assert order[:4].tolist() == [0, 1, 4, 5]  # top-left 2x2 cell of the 4x4 grid, raster inside
+    order, ids = entity_order(4, "subsample", 2)
+    assert order[:4].tolist() == [0, 2, 8, 10]  # stride-2 lattice
+
+
+def test_masks():
+    ids = torch.tensor([0, 0, 1, 1])
+    mask = block_causal_mask(ids)
+    assert mask[0].tolist() == [True, True, False, False] and mask[3].tolist() == [True] * 4
+    tf = teacher_forcing_mask(ids)
+    # noisy entity 1 (rows 6, 7) sees clean entity 0 and noisy entity 1 only
+    assert tf[6].tolist() == [True, True, False, False, False, False, True, True]
+    # noisy entity 0 sees no clean context
+    assert tf[4].tolist() == [False, False, False, False, True, True, False, False]
+
+
+def test_bad_configs_and_inputs_name_the_fix():
+    with pytest.raises(ConfigError, match="entity_size"):
+        make(entity_size=3)
+    with pytest.raises(ConfigError, match="unknown entity"):
+        make(entity="pixel")
+    with pytest.raises(ConfigError, match="context"):
+        make(context="dirty")
+    m = make()
+    with pytest.raises(ConfigError, match="image_size"):
+        m.training_step({"images": torch.zeros(2, 1, 16, 16), "labels": torch.zeros(2, dtype=torch.long)}, 0)
+    with pytest.raises(ConfigError, match="num_classes"):
+        m.training_step({"images": torch.zeros(2, 1, 8, 8), "labels": torch.tensor([0, 12])}, 0)
+    with pytest.raises(ConfigError, match="class_labels"):
+        m.generate([11])
+
+
+def test_forward_is_deterministic_in_eval_and_shapes():
+    m = make().eval()
+    batch = m.example_batch(3)
+    a, b = m(batch), m(batch)
+    assert a["velocity"].shape == (3, 16, 4)
+    assert torch.equal(a["velocity"], b["velocity"])
+    assert a["loss"].ndim == 0
+
+
+@pytest.mark.parametrize("context", ["noisy", "clean"])
+def test_loss_falls_when_overfitting_a_batch(context):
+    m = make(context=context, label_drop=0.0)
+    batch = m.example_batch(8)
+    opt = torch.optim.AdamW(m.net.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(60):
+        # fixed noise and times so the loss measures fit, not sampling luck
+        loss = m.flow_matching_loss(batch, torch.Generator().manual_seed(1))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    del gen
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_teacher_forcing_prediction_ignores_context_noise():
+    """Clean-context arm: the velocity of entity n must not depend on the noise of other entities."""
+    m = make(context="clean").eval()
+    net, batch = m.net, m.example_batch(2)
+    x = net.to_sequence(m.encode(batch["images"]))
+    t = torch.full((2, net.num_entities), 0.5)
+    cond = net.condition(batch["labels"], torch.cat([torch.zeros_like(t), t], 1))
+    noisy = torch.randn_like(x)
+    out1 = net(torch.cat([x, noisy], 1), cond, net.two_stream_view())[:, x.shape[1]:]
+    noisy2 = noisy.clone()
+    noisy2[:, net.entity_len:] += 1.0  # perturb entities 1.. only
+    out2 = net(torch.cat([x, noisy2], 1), cond, net.two_stream_view())[:, x.shape[1]:]
+    assert torch.allclose(out1[:, :net.entity_len], out2[:, :net.entity_len], atol=1e-5)
+    assert not torch.allclose(out1[:, net.entity_len:], out2[:, net.entity_len:], atol=1e-3)
+
+
+@pytest.mark.parametrize("entity,size", [("cell", 2), ("token", 1), ("subsample", 2)])
+def test_kv_cached_step_equals_masked_full_sequence(entity, size):
+    """Sampling entity n with the clean entities < n in the KV cache = the block-causal training pass."""
+    m = make(entity=entity, entity_size=size).eval()
+    net = m.net
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([1, 4])
+    seq = torch.randn(2, net.seq_len, net.token_dim, generator=g)
+    n, t_cur = net.num_entities - 1, 0.3
+    t = torch.zeros(2, net.num_entities)
+    t[:, n] = t_cur
+    full = net(seq, net.condition(labels, t), net.full_view())
+    caches = net.new_caches()
+    L = net.entity_len
+    with torch.no_grad():
+        for k in range(n):
+            net(seq[:, k * L:(k + 1) * L], net.condition(labels, torch.zeros(2, 1)), net.entity_view(k, caches, True))
+        step = net(seq[:, n * L:], net.condition(labels, torch.full((2, 1), t_cur)), net.entity_view(n, caches, False))
+    assert torch.allclose(step, full[:, n * L:], atol=1e-5)
+
+
+def test_generate_is_seeded_and_in_range():
+    m = make().eval()
+    for solver in ("sde", "ode"):
+        a = m.generate([0, 5], num_steps=3, solver=solver, seed=0)
+        b = m.generate([0, 5], num_steps=3, solver=solver, seed=0)
+        assert a.shape == (2, 1, 8, 8) and torch.equal(a, b)
+        assert a.min() >= -1 and a.max() <= 1
+
+
+def test_ema_tracks_weights_during_fit(tmp_path):
+    import lightning.pytorch as pl
+
+    m = make(ema_decay=0.5)
+    dm = XARDataModule(batch_size=16, limit=64, cache_dir=str(tmp_path))
+    before = [p.clone() for p in m.ema.parameters()]
+    pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, gradient_clip_val=1.0).fit(m, dm)
+    assert any(not torch.equal(b, p) for b, p in zip(before, m.ema.parameters()))
+    assert all(not p.requires_grad for p in m.ema.parameters())
+
+
+def test_hold_then_cosine_schedule_is_relative_to_run_length():
+    from zoo.core.module import OptimConfig
+    from zoo.models.xar.module import hold_then_cosine
+
+    f = hold_then_cosine(OptimConfig(warmup=0.1, min_lr_ratio=0.0), total_steps=100, hold=0.75)
+    assert f(0) == pytest.approx(0.1) and f(50) == 1.0 and f(74) == 1.0
+    assert 0.4 < f(87) < 0.6 and f(100) == pytest.approx(0.0, abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ data
+def test_digit_splits_are_leak_free(tmp_path):
+    dm = XARDataModule(cache_dir=str(tmp_path))
+    raw = dm.load_source()
+    groups = {name: set(split["group"]) for name, split in raw.items()}
+    assert not groups["train"] & groups["validation"] and not groups["train"] & groups["test"]
+    assert not groups["validation"] & groups["test"]
+    assert sum(len(s) for s in raw.values()) == 1797
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (64, 1, 8, 8) and batch["images"].min() >= -1 and batch["images"].max() <= 1
+
+
+def test_local_image_folder_loads_and_resizes(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label in ("0", "1"):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i in range(6):
+            array = (rng.random((12, 12)) * 255).astype(np.uint8)
+            Image.fromarray(array, mode="L").save(tmp_path / "imgs" / label / f"{i}.png")
+    dm = XARDataModule(source=str(tmp_path / "imgs"), image_size=8, batch_size=4, val_fraction=0.2,
+                       test_fraction=0.2, cache_dir=str(tmp_path / "cache"))
+    dm.setup()
+    assert sum(len(s) for s in dm.splits.values()) == 12
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["images"].shape == (4, 1, 8, 8)
+    assert set(batch["labels"].tolist()) <= {0, 1}
+
+
+def test_local_file_without_labels_is_refused(tmp_path):
+    import json
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps({"pixels": [0.0] * 64}) for _ in range(10)))
+    dm = XARDataModule(source=str(path), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="label"):
+        dm.setup()
