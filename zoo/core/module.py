@@ -19,6 +19,7 @@ from typing import Any, Literal, Mapping
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
 from zoo.core.init_args import CapturesInitArgs
 from zoo.errors import ConfigError
@@ -113,7 +114,12 @@ class ZooModule(CapturesInitArgs, pl.LightningModule):
         self._fit_started: float | None = None
 
     def _after_init_args_captured(self, init_args: dict[str, Any]) -> None:
-        self.save_hyperparameters(init_args, logger=True)
+        hparams = dict(init_args)
+        given = _given_hyperparameters.get()
+        if given is not None:  # built by LightningCLI: keep its keys so `--ckpt_path` re-parsing works
+            hparams.update({k: given[k] for k in ("_class_path", "_instantiator") if k in given})
+            hparams.setdefault("_class_path", f"{type(self).__module__}.{type(self).__qualname__}")
+        self.save_hyperparameters(hparams, logger=True)
 
     # ------------------------------------------------------------------ batches and tests
     def example_batch(self, batch_size: int = 2) -> Any:
@@ -192,11 +198,13 @@ class ZooModule(CapturesInitArgs, pl.LightningModule):
             datamodule = getattr(trainer, "datamodule", None)
             if datamodule is not None and hasattr(datamodule, "describe"):
                 record["data"] = datamodule.describe()
+                record.setdefault("batch_size", getattr(datamodule, "batch_size", None))
         record.setdefault("hardware", hardware_description())
         return record
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["zoo_run"] = self.run_record()
+        checkpoint["zoo_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         if self.tokenizer is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 self.save_tokenizer(tmp)

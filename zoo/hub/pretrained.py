@@ -252,6 +252,20 @@ def _module_prefix(root: nn.Module, target: nn.Module) -> str:
     return ""
 
 
+def assign_state(module: nn.Module, tensors: dict[str, torch.Tensor], aliases: dict[str, str] | None = None) -> None:
+    """Load tensors into a module built by ``parameters_on_meta`` and restore its weight ties."""
+    groups = _tie_groups(module)
+    for alias, target in (aliases or {}).items():
+        if alias not in tensors and target in tensors:
+            tensors[alias] = tensors[target]
+    module.load_state_dict(tensors, strict=False, assign=True)
+    for group in groups:  # assign=True replaced one side of each tie: point the others at it
+        loaded = [getattr(sub, name) for sub, name in group if getattr(sub, name).device.type != "meta"]
+        if loaded:
+            for sub, name in group:
+                setattr(sub, name, loaded[0])
+
+
 def _instantiate(cls: type, init_args: dict, on_meta: bool):
     try:
         if on_meta:
@@ -273,16 +287,7 @@ def load_folder(folder: str | os.PathLike, *, map_location: str | torch.device =
     tensors, aliases = read_weights(folder / WEIGHTS_NAME)
     module = _instantiate(cls, config["init_args"], on_meta=True)
     check_keys(module, tensors, aliases, strict, str(folder / WEIGHTS_NAME))
-    groups = _tie_groups(module)
-    for alias, target in aliases.items():
-        if alias not in tensors and target in tensors:
-            tensors[alias] = tensors[target]
-    module.load_state_dict(tensors, strict=False, assign=True)
-    for group in groups:  # assign=True replaced one side of each tie: point the others at it
-        loaded = [getattr(sub, name) for sub, name in group if getattr(sub, name).device.type != "meta"]
-        if loaded:
-            for sub, name in group:
-                setattr(sub, name, loaded[0])
+    assign_state(module, tensors, aliases)
     if any(t.device.type == "meta" for t in list(module.parameters()) + list(module.buffers())):
         if strict:  # pragma: no cover - check_keys names missing keys first
             raise CheckpointFormatError(f"{folder}: some weights were not in the file")
