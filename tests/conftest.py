@@ -261,3 +261,36 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackHub
         server.stop()
     assert not server.errors, "loopback hub internal error(s):\n" + "\n".join(server.errors)
     assert not blocked, f"huggingface_hub tried to reach non-loopback hosts: {blocked}"
+
+
+# --------------------------------------------------------------------------------------------- zoo-wide test setup
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # 2 shared cores: one thread per process is faster and steadier here
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import tiny_family  # noqa: E402,F401  (registers the tiny test family before any test looks it up)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _zoo_cache(tmp_path_factory):
+    """Every test session gets its own zoo cache (tokenized datasets, built samples): hermetic runs."""
+    previous = os.environ.get("ZOO_CACHE")
+    os.environ["ZOO_CACHE"] = str(tmp_path_factory.mktemp("zoo-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("ZOO_CACHE", None)
+    else:
+        os.environ["ZOO_CACHE"] = previous
+
+
+@pytest.fixture
+def tiny_model():
+    """A randomly initialised tiny test model with a trained tokenizer attached, in eval mode."""
+    from tiny_family import TinyClassifier, TinyData
+
+    data = TinyData()
+    data.setup("fit")
+    model = TinyClassifier()
+    model.attach_tokenizer(data.tokenizer)
+    return model.eval()

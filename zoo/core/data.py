@@ -42,6 +42,17 @@ def stable_hash(*parts: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def content_fingerprint(data: datasets.Dataset) -> str:
+    """A hash of the rows themselves (in-memory datasets get a new random ``_fingerprint`` each run);
+    large file-backed datasets keep the fingerprint ``datasets`` derived from their files."""
+    if len(data) > 200_000 and data.cache_files:
+        return data._fingerprint
+    digest = hashlib.sha256()
+    for batch in data.flatten_indices().data.to_batches():
+        digest.update(batch.serialize())
+    return digest.hexdigest()[:16]
+
+
 def split_of(group: Any, seed: int, val_fraction: float, test_fraction: float) -> str:
     """Which split a whole group belongs to; stable across machines and Python versions."""
     bucket = int(hashlib.sha1(f"{seed}:{group}".encode()).hexdigest()[:8], 16) / 2**32
@@ -255,13 +266,17 @@ class ZooDataModule(CapturesInitArgs, pl.LightningDataModule):
         if tok is None:
             return "none"
         backend = getattr(tok, "backend_tokenizer", tok)
-        text = backend.to_str() if hasattr(backend, "to_str") else repr(tok)
-        return stable_hash(text, getattr(tok, "special_tokens_map", None))
+        if not hasattr(backend, "to_str"):
+            return stable_hash(repr(tok))
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)  # calling a fast tokenizer changes these two; the vocabulary is what counts
+        state.pop("padding", None)
+        return stable_hash(state, getattr(tok, "special_tokens_map", None))
 
     def _tokenized(self, split: str, data: datasets.Dataset) -> datasets.Dataset:
         if type(self).tokenize is ZooDataModule.tokenize:
             return data
-        fingerprint = stable_hash(type(self).__qualname__, self.init_args, data._fingerprint,
+        fingerprint = stable_hash(type(self).__qualname__, self.init_args, content_fingerprint(data),
                                   self._tokenizer_fingerprint(), split)
         cache_file = self.cache_dir / "tokenized" / f"{type(self).__name__}-{split}-{fingerprint}.arrow"
         cache_file.parent.mkdir(parents=True, exist_ok=True)
