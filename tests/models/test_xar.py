@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import zoo
 from zoo.errors import ConfigError, KeyMismatchError
@@ -196,3 +197,133 @@ def test_local_file_without_labels_is_refused(tmp_path):
     dm = XARDataModule(source=str(path), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match="label"):
         dm.setup()
+
+
+# ------------------------------------------------------------------------------------------ converter
+def _upstream_rope(head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE tables as upstream stores them: EVA-02 2D tables on 16x16, reordered into 2x2 cells of 8x8."""
+    d = head_dim // 2
+    freqs = 1.0 / (10000 ** (torch.arange(0, d, 2)[: d // 2].float() / d))
+    f = torch.repeat_interleave(torch.arange(16).float()[:, None] * freqs, 2, dim=-1)  # [16, d]
+    table = torch.cat([f[:, None, :].expand(16, 16, d), f[None, :, :].expand(16, 16, d)], dim=-1)
+    table = table.reshape(2, 8, 2, 8, head_dim).permute(0, 2, 1, 3, 4).reshape(256, head_dim)
+    return table.cos(), table.sin()
+
+
+def _upstream_state(dim=32, heads=2, depth=1, seed=0):
+    torch.manual_seed(seed)
+    donor = XARModule(image_size=16, channels=16, num_classes=1000, latent="patch", patch_size=1, entity="cell",
+                      entity_size=8, dim=dim, encoder_depth=depth, decoder_depth=depth, num_heads=heads, ema_decay=0)
+    state = {k: torch.randn_like(v) * 0.1 for k, v in donor.net.state_dict().items()}
+    mask = torch.zeros(256, 256)
+    for i in range(4):
+        mask[i * 64:(i + 1) * 64, (i + 1) * 64:] = float("-inf")
+    state["mask"] = mask[None, None]
+    cos, sin = _upstream_rope(dim // heads)
+    for prefix in [f"encoder_blocks.{i}" for i in range(depth)] + [f"decoder_blocks.{i}" for i in range(depth)]:
+        state[f"{prefix}.attn.rope.freqs"] = torch.zeros(dim // heads // 4)
+        state[f"{prefix}.attn.rope.freqs_cos"], state[f"{prefix}.attn.rope.freqs_sin"] = cos, sin
+    return state
+
+
+def _upstream_forward(sd, latents, labels, t, noise, heads):
+    """Independent re-statement of upstream xAR's training forward (velocity), from its state dict."""
+    def lin(x, name):
+        return F.linear(x, sd[name + ".weight"], sd[name + ".bias"])
+
+    def rms(x, w=None):
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return x if w is None else x * w
+
+    def rot(x):
+        pairs = x.reshape(*x.shape[:-1], -1, 2)
+        return torch.stack([-pairs[..., 1], pairs[..., 0]], -1).flatten(-2)
+
+    b, c = latents.shape[:2]
+    cells = latents.reshape(b, c, 2, 8, 2, 8).permute(0, 2, 4, 3, 5, 1).reshape(b, 4, 64, c)
+    tt = t.reshape(4, b).T[:, :, None, None]  # upstream draws B*clusters times, cluster-major
+    x = ((1 - tt) * cells + tt * noise.reshape(b, 4, 64, c)).reshape(b, 256, c)
+    steps = (t * 1000).long().float()
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(128).float() / 128)
+    temb = torch.cat([torch.cos(steps[:, None] * freqs), torch.sin(steps[:, None] * freqs)], -1)
+    temb = lin(F.silu(lin(temb, "time_embed.mlp.0")), "time_embed.mlp.2")
+    cond = sd["class_emb.weight"][labels].repeat(4, 1) + temb  # [4B, dim]
+    dim = cond.shape[-1]
+
+    def block(x, p):
+        mod = lin(F.silu(cond), p + ".ada_lin.1").view(-1, 1, 6, dim).chunk(4, dim=0)
+        mod = torch.cat([m.repeat(1, 64, 1, 1) for m in mod], dim=1)
+        g1, g2, s1, s2, h1, h2 = mod.unbind(2)
+        y = rms(x) * (1 + s1) + h1
+        q, k, v = lin(y, p + ".attn.qkv").reshape(b, 256, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        cos, sin = sd[p + ".attn.rope.freqs_cos"], sd[p + ".attn.rope.freqs_sin"]
+        q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=sd["mask"]).transpose(1, 2).reshape(b, 256, dim)
+        x = x + lin(a, p + ".attn.proj") * g1
+        y = rms(x) * (1 + s2) + h2
+        m = lin(F.gelu(lin(y, p + ".mlp.fc1_g")) * lin(y, p + ".mlp.fc1_x"), p + ".mlp.fc2")
+        return x + m * g2
+
+    x = rms(lin(x, "z_proj") + sd["encoder_pos_embed_learned"], sd["z_proj_ln.weight"])
+    for i in range(len([k for k in sd if k.endswith("ada_lin.1.weight") and k.startswith("encoder")])):
+        x = block(x, f"encoder_blocks.{i}")
+    x = lin(rms(x, sd["encoder_norm.weight"]), "decoder_embed") + sd["decoder_pos_embed_learned"]
+    for i in range(len([k for k in sd if k.endswith("ada_lin.1.weight") and k.startswith("decoder")])):
+        x = block(x, f"decoder_blocks.{i}")
+    return lin(rms(x, sd["decoder_norm.weight"]), "pred")
+
+
+def test_converter_parity_with_upstream_layout(tmp_path):
+    from zoo.models.xar.convert import load_upstream_xar
+
+    sd = _upstream_state()
+    module = XARModule(image_size=16, channels=16, num_classes=1000, latent="patch", patch_size=1, entity="cell",
+                       entity_size=8, dim=32, encoder_depth=1, decoder_depth=1, num_heads=2)
+    load_upstream_xar(module, sd)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 16, 16, 16, generator=g)
+    labels = torch.tensor([3, 999])
+    t = torch.rand(8, generator=g)
+    noise = torch.randn(2, 256, 16, generator=g)
+    expected = _upstream_forward(sd, latents, labels, t, noise, heads=2)
+    net = module.net.eval()
+    x = net.to_sequence(module.encode(latents))
+    tt = t.reshape(4, 2).T  # [B, entities]
+    tok = tt[:, net.entity_ids, None]
+    ours = net((1 - tok) * x + tok * noise, net.condition(labels, tt), net.full_view())
+    assert torch.allclose(ours, expected, atol=1e-5), (ours - expected).abs().max()
+
+
+def test_converter_folder_refuses_partial_and_loads_pickles_weights_only(tmp_path):
+    from zoo.models.xar.autoencoder import KLAutoencoder
+    from zoo.models.xar.convert import convert_xar
+
+    sd = _upstream_state()
+    small = dict(dim=32, encoder_depth=1, decoder_depth=1, num_heads=2,
+                 autoencoder={"ch": 8, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [16],
+                              "z_channels": 16, "in_channels": 3, "resolution": 256, "num_groups": 4})
+    torch.save(sd, tmp_path / "xAR-B.pth")
+    vae = KLAutoencoder(XARModule(**{**zoo.model_info("xar-b").config, **small}).autoencoder.config)
+    torch.save({"model": vae.state_dict()}, tmp_path / "kl16.ckpt")  # MAR wraps the VAE in {"model": ...}
+    module = convert_xar(tmp_path, variant="xar-b", overrides=small)
+    assert torch.equal(module.net.pred.weight, sd["pred.weight"])
+    assert torch.equal(module.ema.pred.weight, sd["pred.weight"])
+    assert torch.equal(module.autoencoder.decoder.conv_out.weight, vae.decoder.conv_out.weight)
+    broken = {k: v for k, v in sd.items() if k != "pred.weight"}
+    broken["extra.weight"] = torch.zeros(1)
+    torch.save(broken, tmp_path / "xAR-B.pth")
+    with pytest.raises(KeyMismatchError) as err:
+        convert_xar(tmp_path, variant="xar-b", overrides=small)
+    assert "pred.weight" in str(err.value) and err.value.unexpected == ["extra.weight"]
+    torch.save({"x": torch.nn.Linear(2, 2)}, tmp_path / "xAR-B.pth")  # a pickled module is refused
+    with pytest.raises(Exception, match="weights-only|not an xAR|flat state dict"):
+        convert_xar(tmp_path, variant="xar-b", overrides=small)
+
+
+def test_converter_refuses_other_entity_layout():
+    from zoo.models.xar.convert import load_upstream_xar
+
+    module = XARModule(image_size=16, channels=16, num_classes=1000, latent="patch", patch_size=1, entity="token",
+                       dim=32, encoder_depth=1, decoder_depth=1, num_heads=2)
+    with pytest.raises(KeyMismatchError, match="entity layout"):
+        load_upstream_xar(module, _upstream_state())
