@@ -35,6 +35,18 @@ def _quantized_linear(linear: nn.Linear, mode: QuantMode) -> nn.Module:
     return layer.to(linear.weight.device if linear.weight.device.type != "meta" else "cpu")
 
 
+def transformers_fp32_modules(module: nn.Module) -> tuple[str, ...]:
+    """Patterns of layers a transformers backbone needs in full precision (T5's ``wo`` casts its input to the
+    weight's dtype, which would be uint8 for nf4 weights)."""
+    patterns = []
+    for name, sub in module.named_modules():
+        for attr in ("_keep_in_fp32_modules", "_keep_in_fp32_modules_strict"):
+            for layer in getattr(sub, attr, None) or ():
+                prefix = f"{name}." if name else ""
+                patterns += [f"{prefix}{layer}", f"{prefix}*.{layer}"]
+    return tuple(patterns)
+
+
 def quantize_linear_layers(module: nn.Module, mode: str, keep_in_full_precision: Iterable[str] = ()) -> list[str]:
     """Replace every ``nn.Linear`` (except ``keep_in_full_precision`` names/patterns) in place.
 
@@ -48,7 +60,7 @@ def quantize_linear_layers(module: nn.Module, mode: str, keep_in_full_precision:
     except ImportError as err:  # pragma: no cover - a dependency, but say how to fix it
         raise ConfigError("quantize= needs bitsandbytes: pip install bitsandbytes") from err
 
-    keep = tuple(keep_in_full_precision)
+    keep = tuple(keep_in_full_precision) + transformers_fp32_modules(module)
     owners: dict[int, int] = {}
     for sub in module.modules():
         for p in sub.parameters(recurse=False):
