@@ -65,6 +65,9 @@ class CodeT5Module(ZooModule):
         super().__init__(optim=optim)
         if vocab_size < NUM_SENTINELS + 5:
             raise ConfigError(f"vocab_size={vocab_size} cannot hold the 5 specials and 100 sentinels; use >= 105")
+        if not tie_word_embeddings:
+            raise ConfigError("tie_word_embeddings=False: transformers 5 always ties T5's lm_head to its embedding; "
+                              "CodeT5 is tied, keep tie_word_embeddings=True")
         if feed_forward_proj not in ("relu", "gated-gelu"):
             raise ConfigError(f"feed_forward_proj={feed_forward_proj!r} is not a T5 option; CodeT5 uses 'relu' "
                               "(T5 v1.0), T5 v1.1 uses 'gated-gelu'")
