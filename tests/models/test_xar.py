@@ -327,3 +327,60 @@ def test_converter_refuses_other_entity_layout():
                        dim=32, encoder_depth=1, decoder_depth=1, num_heads=2)
     with pytest.raises(KeyMismatchError, match="entity layout"):
         load_upstream_xar(module, _upstream_state())
+
+
+# ------------------------------------------------------------------------------------------ CLI and hub
+def test_cli_fit_from_tiny_config_then_generate(tmp_path, monkeypatch):
+    from zoo.cli import run_cli
+
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
+    cli = run_cli(["fit", "-c", "configs/xar/tiny.yaml", "--trainer.max_steps=3", "--trainer.val_check_interval=3",
+                   "--trainer.limit_val_batches=1", f"--trainer.default_root_dir={tmp_path}",
+                   f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}", "--data.init_args.batch_size=8"])
+    model = cli.model
+    assert isinstance(model, XARModule) and cli.trainer.global_step == 3
+    assert (tmp_path / "ckpt" / "last.ckpt").exists()
+    images = model.generate(torch.arange(4), num_steps=2, seed=0)
+    assert images.shape == (4, 1, 8, 8)
+
+
+def test_save_and_load_pretrained_reproduces_samples(tmp_path):
+    from zoo.hub.pretrained import save_pretrained
+
+    m = make().eval()
+    folder = save_pretrained(m, tmp_path / "xar", card=False)
+    loaded = zoo.from_pretrained(str(folder)).eval()
+    assert torch.equal(m.generate([1, 2], num_steps=2, seed=3), loaded.generate([1, 2], num_steps=2, seed=3))
+    assert torch.equal(m(m.example_batch())["velocity"], loaded(m.example_batch())["velocity"])
+
+
+def test_kl_latents_round_trip_through_the_autoencoder():
+    m = make(latent="kl", patch_size=1, autoencoder={"ch": 8, "ch_mult": [1, 2], "z_channels": 4, "num_groups": 4})
+    batch = m.example_batch(2)
+    assert m.encode(batch["images"]).shape == (2, 16, 4)  # 4x4 latent grid of 4 channels
+    assert m.training_step(batch, 0).ndim == 0
+    assert m.generate([0, 1], num_steps=2, seed=0).shape == (2, 1, 8, 8)
+
+
+def test_autoencoder_trains_and_feeds_kl_latents(tmp_path):
+    import lightning.pytorch as pl
+
+    from zoo.models.xar import XARAutoencoderModule
+
+    ae_cfg = {"ch": 8, "ch_mult": [1, 2], "z_channels": 4, "num_groups": 4}
+    torch.manual_seed(0)
+    ae = XARAutoencoderModule(autoencoder=ae_cfg, optim={"lr": 3e-3, "schedule": "constant"})
+    dm = XARDataModule(batch_size=32, limit=128, cache_dir=str(tmp_path / "cache"))
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    before = ae.eval()(batch)["mse"].item()
+    trainer = pl.Trainer(max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(ae.train(), dm)
+    assert ae.eval()(batch)["mse"].item() < 0.7 * before
+    trainer.save_checkpoint(tmp_path / "ae.ckpt")
+    m = make(latent="kl", patch_size=1, autoencoder=ae_cfg, autoencoder_weights=str(tmp_path / "ae.ckpt"))
+    pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0).fit(m, dm)
+    assert torch.equal(m.autoencoder.decoder.conv_out.weight, ae.autoencoder.decoder.conv_out.weight)
+    assert not any(p.requires_grad for p in m.autoencoder.parameters())

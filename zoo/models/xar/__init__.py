@@ -1,8 +1,9 @@
 """Family xar: next-X prediction with flow matching and Noisy Context Learning (Ren et al., 2025)."""
 
+from zoo.models.xar.convert import convert_xar
 from zoo.models.xar.data import XARDataModule
-from zoo.models.xar.module import XARModule
-from zoo.registry import ModelEntry, Paper, register, register_datamodule
+from zoo.models.xar.module import XARAutoencoderModule, XARModule
+from zoo.registry import ModelEntry, Paper, UpstreamCheckpoint, register, register_datamodule
 
 PAPER = Paper(
     title="Beyond Next-Token: Next-X Prediction for Autoregressive Visual Generation",
@@ -32,6 +33,15 @@ IMAGENET = dict(image_size=256, channels=3, num_classes=1000, latent="kl", patch
                 autoencoder={"ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16],
                              "z_channels": 16, "in_channels": 3, "resolution": 256, "num_groups": 32})
 
+# One Hub repo holds B, L and H; the registry maps a repo id to one model, so it converts xAR-B.
+# xAR-L / xAR-H convert with convert_xar(folder) from a folder holding xAR-L.pth / xAR-H.pth.
+# The revision could not be resolved offline: "main" until a commit hash is pinned.
+UPSTREAM = (UpstreamCheckpoint(
+    repo_id="OliverRen/xAR", revision="main", model="xar-b", converter=convert_xar, files=("xAR-B.pth",),
+    optional_files=("kl16.ckpt",), license="mit",
+    description="xAR-B (ImageNet 256, FID 1.72); MAR's kl16.ckpt is not in this repo: copy it into the folder",
+),)
+
 register(ModelEntry(
     name="xar-tiny", family="xar", variant="tiny", module_class=XARModule, datamodule_class=XARDataModule,
     config=TINY, paper=PAPER, license="mit", tags=("vision", "image-generation", "autoregressive", "flow-matching"),
@@ -45,7 +55,15 @@ for _size, _cfg in PAPER_SIZES.items():
         tags=("vision", "image-generation", "autoregressive", "flow-matching"),
         description=f"xAR-{_size.upper()} for ImageNet 256x256 on MAR KL-16 latents",
         config_file="configs/xar/paper-b.yaml" if _size == "b" else None,
+        upstream=UPSTREAM if _size == "b" else (),
     ))
+register(ModelEntry(
+    name="xar-autoencoder-tiny", family="xar", variant="autoencoder-tiny", module_class=XARAutoencoderModule,
+    datamodule_class=XARDataModule, config={"autoencoder": {"ch": 32, "ch_mult": [1, 2], "z_channels": 4}},
+    paper=PAPER, license="mit", tags=("vision", "autoencoder"),
+    description="KL autoencoder for 8x8 digits (latent 4x4x4), for xar latent='kl'",
+    config_file="configs/xar/tiny-autoencoder.yaml",
+))
 register_datamodule("xar_images", XARDataModule)
 
-__all__ = ["XARDataModule", "XARModule", "PAPER"]
+__all__ = ["XARAutoencoderModule", "XARDataModule", "XARModule", "PAPER", "convert_xar"]

@@ -252,3 +252,50 @@ class XARModule(ZooModule):
                                  self.cfg_scale if cfg_scale is None else cfg_scale, solver or self.solver, generator)
         net.train(was_training)
         return self.decode(tokens)
+
+
+class XARAutoencoderModule(ZooModule):
+    """The family's KL autoencoder, trained on its own before xAR runs on its latents.
+
+    Loss: reconstruction MSE + ``kl_weight`` * KL(q(z|x) || N(0, I)) (the VAE ELBO with a small KL
+    weight, as LDM/MAR's KL autoencoders; their perceptual and GAN terms are left out at digit scale).
+    """
+
+    family = "xar"
+    pipeline_tag = "image-to-image"
+
+    def __init__(self, autoencoder: AutoencoderConfig | None = None, kl_weight: float = 1e-4,
+                 optim: OptimConfig | None = None):
+        super().__init__(optim=optim)
+        self.config = AutoencoderConfig.coerce(autoencoder)
+        self.kl_weight = kl_weight
+        self.autoencoder = KLAutoencoder(self.config)
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        images = batch["images"]
+        expected = (self.config.in_channels, self.config.resolution, self.config.resolution)
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise ConfigError(f"images have shape {tuple(images.shape)}; this autoencoder takes [B, {expected[0]}, "
+                              f"{expected[1]}, {expected[2]}] (set autoencoder.in_channels / resolution)")
+        posterior = self.autoencoder.encode(images)
+        # eval mode decodes the posterior mean, so outputs are deterministic
+        z = posterior.sample() if self.training else posterior.mode()
+        recon = self.autoencoder.decode(z)
+        mse = F.mse_loss(recon, images)
+        kl = posterior.kl().mean()
+        # VAE ELBO (Kingma & Welling, Eq. 3) with a down-weighted KL term
+        return {"loss": mse + self.kl_weight * kl, "mse": mse, "kl": kl, "reconstruction": recon}
+
+    def training_step(self, batch, batch_idx):
+        out = self(batch)
+        self.log_metrics("train", {"loss": out["loss"], "mse": out["mse"], "kl": out["kl"]})
+        return out["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        out = self(batch)
+        self.log_metrics("val", {"loss": out["loss"], "mse": out["mse"]}, batch_size=len(batch["images"]))
+
+    def example_batch(self, batch_size: int = 2) -> dict[str, Tensor]:
+        g = torch.Generator().manual_seed(0)
+        size = (batch_size, self.config.in_channels, self.config.resolution, self.config.resolution)
+        return {"images": torch.rand(size, generator=g) * 2 - 1, "labels": torch.zeros(batch_size, dtype=torch.long)}
