@@ -70,6 +70,7 @@ def test_two_step_fit_from_the_tiny_config(tiny, tmp_path):
         pytest.skip(f"{name} has no config file")
     run = zoo.load_config(entry.config_file, [
         "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
+        "--trainer.val_check_interval=1.0", "--trainer.check_val_every_n_epoch=1",
         "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
         "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
     ])
