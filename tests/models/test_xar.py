@@ -384,3 +384,35 @@ def test_autoencoder_trains_and_feeds_kl_latents(tmp_path):
                enable_model_summary=False, limit_val_batches=0).fit(m, dm)
     assert torch.equal(m.autoencoder.decoder.conv_out.weight, ae.autoencoder.decoder.conv_out.weight)
     assert not any(p.requires_grad for p in m.autoencoder.parameters())
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def test_knn_precision_recall_separates_matching_and_disjoint_sets():
+    from zoo.models.xar.metrics import KNNPrecisionRecall
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 8, generator=g)
+    same, far = KNNPrecisionRecall(k=3), KNNPrecisionRecall(k=3)
+    same.update(real, real=True)
+    same.update(torch.randn(300, 8, generator=g), real=False)
+    far.update(real, real=True)
+    far.update(torch.randn(300, 8, generator=g) + 10, real=False)
+    close, apart = same.compute(), far.compute()
+    assert close["precision"] > 0.6 and close["recall"] > 0.6
+    assert apart["precision"] == 0 and apart["recall"] == 0
+
+
+def test_shipped_classifier_scores_real_digits_well_and_noise_badly(tmp_path):
+    from zoo.models.xar.metrics import SampleQuality
+
+    dm = XARDataModule(batch_size=256, cache_dir=str(tmp_path))
+    dm.setup()
+    train = torch.cat([b["images"] for b in dm.train_dataloader()])
+    test = [b for b in dm.test_dataloader()]
+    test_images, test_labels = torch.cat([b["images"] for b in test]), torch.cat([b["labels"] for b in test])
+    quality = SampleQuality(train)
+    real = quality.score(test_images, test_labels)
+    noise = quality.score(torch.rand_like(test_images) * 2 - 1, test_labels)
+    assert real["class_accuracy"] > 0.95
+    assert real["feature_fd"] < 0.2 * noise["feature_fd"]
+    assert real["precision"] > noise["precision"] and real["recall"] > noise["recall"]
