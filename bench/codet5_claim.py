@@ -111,6 +111,7 @@ def main() -> None:
         "verdict": verdict,
         "paper": {"CodeT5-small summarization smoothed BLEU-4 (Python)": 20.04,
                   "CodeT5-base summarization smoothed BLEU-4 (Python)": 20.01},
+        "script": "python bench/codet5_claim.py " + " ".join(f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ' '.join(map(str, v))}" for k, v in vars(args).items() if k != "out"),
         "raw": raw,
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
