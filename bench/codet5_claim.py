@@ -57,6 +57,12 @@ def run_arm(objectives: list[str], seed: int, args, shared: CodePretrainData) ->
     return out
 
 
+def reproduce_command(args: argparse.Namespace) -> str:
+    flags = [f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+             for k, v in vars(args).items() if k != "out"]
+    return "python bench/codet5_claim.py " + " ".join(flags)
+
+
 def fmt(values: list[float], digits: int = 3) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
@@ -111,7 +117,7 @@ def main() -> None:
         "verdict": verdict,
         "paper": {"CodeT5-small summarization smoothed BLEU-4 (Python)": 20.04,
                   "CodeT5-base summarization smoothed BLEU-4 (Python)": 20.01},
-        "script": "python bench/codet5_claim.py " + " ".join(f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ' '.join(map(str, v))}" for k, v in vars(args).items() if k != "out"),
+        "script": reproduce_command(args),
         "raw": raw,
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
