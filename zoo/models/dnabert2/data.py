@@ -162,8 +162,9 @@ def mask_tokens(input_ids: torch.Tensor, vocab_size: int, probability: float = 0
     rand = torch.rand(input_ids.shape, generator=generator)
     if span > 1:
         starts = (rand < probability / span) & candidates
-        runs = torch.nn.functional.max_pool1d(starts.float()[:, None], span, stride=1, padding=span - 1)
-        selected = runs[:, 0, : input_ids.shape[1]].bool() & candidates
+        # position t is masked when a span started at any of t-span+1 .. t
+        padded = torch.nn.functional.pad(starts.float()[:, None], (span - 1, 0))
+        selected = torch.nn.functional.max_pool1d(padded, span, stride=1)[:, 0].bool() & candidates
     else:
         selected = (rand < probability) & candidates
     if not selected.any() and candidates.any():  # every batch needs at least one target

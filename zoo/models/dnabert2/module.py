@@ -69,7 +69,7 @@ class DnaBert2ForMaskedLM(_DnaBert2Base):
         cfg = self._build_backbone(config, add_pooling_layer)
         self.cls = DnaBertOnlyMLMHead(cfg, self.bert.embeddings.word_embeddings.weight)
         init_weights(self, cfg.initializer_range)
-        self.val_accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=cfg.vocab_size, ignore_index=-100)
+        self.val_accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=cfg.vocab_size)
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Vocabulary logits [batch, length, vocab]."""
@@ -79,9 +79,13 @@ class DnaBert2ForMaskedLM(_DnaBert2Base):
         if "labels" not in batch:
             raise ConfigError("MLM batches need 'labels' (-100 where not masked); use DnaPretrainData's collate "
                               "or zoo.models.dnabert2.data.mask_tokens")
-        logits = self(batch)
-        # BERT masked-LM loss (Devlin et al. 2019, Eq. of §3.1 "Masked LM"; DNABERT-2 §3.2): CE on masked tokens
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+        hidden = self.hidden_states(batch)[0]
+        labels = batch["labels"]
+        targets = labels != -100
+        # as upstream (MosaicBERT), only masked positions go through the vocabulary head: same loss, far less compute
+        logits = self.cls(hidden[targets])
+        # BERT masked-LM loss (Devlin et al. 2019 §3.1 "Masked LM"; DNABERT-2 §3.2): CE over masked tokens only
+        loss = F.cross_entropy(logits, labels[targets])
         return loss, logits
 
     def training_step(self, batch, batch_idx):
@@ -91,7 +95,7 @@ class DnaBert2ForMaskedLM(_DnaBert2Base):
 
     def validation_step(self, batch, batch_idx):
         loss, logits = self.mlm_loss(batch)
-        self.val_accuracy(logits.argmax(-1).flatten(), batch["labels"].flatten())
+        self.val_accuracy(logits.argmax(-1), batch["labels"][batch["labels"] != -100])
         self.log_metrics("val", {"loss": loss, "perplexity": loss.exp(), "accuracy": self.val_accuracy},
                          batch_size=batch["input_ids"].shape[0])
 
