@@ -26,8 +26,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+from transformers.initialization import guard_torch_init_functions
 
 from zoo import registry
+from zoo.core.data import cache_root
 from zoo.core.quant import quantize_linear_layers
 from zoo.errors import (CheckpointFormatError, ConfigError, FormatVersionError, IntegrityError, KeyMismatchError,
                         OfflineError, UnknownModelError, ZooError)
@@ -148,21 +150,25 @@ def parameters_on_meta() -> Iterator[None]:
     def register(self, name, param):
         original(self, name, param)
         if param is not None and param.device.type != "meta":
-            self._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+            param = self._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+        if param is not None:
+            param._is_hf_initialized = True  # transformers' (guarded) init functions then skip it
 
     nn.Module.register_parameter = register
     try:
-        yield
+        with guard_torch_init_functions():
+            yield
     finally:
         nn.Module.register_parameter = original
 
 
-def _tie_groups(module: nn.Module) -> list[list[tuple[nn.Module, str]]]:
-    groups: dict[int, list[tuple[nn.Module, str]]] = {}
-    for sub in module.modules():
+def _tie_groups(module: nn.Module) -> list[list[tuple[str, nn.Module, str]]]:
+    """Parameters shared by several modules (tied embeddings), as (qualified name, owner, attribute)."""
+    groups: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    for prefix, sub in module.named_modules(remove_duplicate=False):
         for name, param in sub._parameters.items():
             if param is not None:
-                groups.setdefault(id(param), []).append((sub, name))
+                groups.setdefault(id(param), []).append((f"{prefix}.{name}" if prefix else name, sub, name))
     return [g for g in groups.values() if len(g) > 1]
 
 
@@ -199,16 +205,56 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+class _VerifiedFiles:
+    """Files whose sha256 was checked, keyed by (size, mtime, inode) like git's index: a file that is
+    truncated, rewritten or replaced is hashed again; an untouched one is not re-read on every load.
+    ``ZOO_VERIFY=always`` re-hashes on every load."""
+
+    def __init__(self):
+        self.path = cache_root() / "verified-files.json"
+        try:
+            self.entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    @staticmethod
+    def _key(path: Path) -> tuple[str, list[int]]:
+        stat = path.stat()
+        return str(path.resolve()), [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+    def known(self, path: Path, sha: str) -> bool:
+        if os.environ.get("ZOO_VERIFY") == "always":
+            return False
+        name, stamp = self._key(path)
+        return self.entries.get(name) == [*stamp, sha]
+
+    def remember(self, path: Path, sha: str) -> None:
+        name, stamp = self._key(path)
+        self.entries[name] = [*stamp, sha]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(self.entries))
+            os.replace(tmp, self.path)
+        except OSError:  # a read-only cache only costs re-hashing next time
+            pass
+
+
 def verify_files(folder: Path, files: dict[str, str]) -> None:
     if WEIGHTS_NAME not in files:
         raise CheckpointFormatError(f"{folder}/{CONFIG_NAME} lists no {WEIGHTS_NAME}; re-export the folder")
+    verified = _VerifiedFiles()
     for name, expected in files.items():
         path = folder / name
         if not path.is_file():
             raise IntegrityError(f"{path} is listed in {CONFIG_NAME} but missing; the download or copy is incomplete "
                                  "(re-download, e.g. with force_download, or re-export)")
+        if verified.known(path, expected):
+            continue
         actual = sha256_file(path)
-        if actual != expected:
+        if actual == expected:
+            verified.remember(path, actual)
+        else:
             raise IntegrityError(f"{path} does not match its sha256 in {CONFIG_NAME} (expected {expected[:12]}…, "
                                  f"got {actual[:12]}…): the file is corrupted, truncated or was edited. Delete it and "
                                  "download again (force_download=True) or re-export the folder.")
@@ -226,11 +272,10 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 
 def check_keys(module: nn.Module, tensors: dict[str, torch.Tensor], aliases: dict[str, str], strict: bool,
-               where: str) -> None:
+               where: str, ties: list | None = None) -> None:
     """Name every missing, unexpected or mis-shaped key (strict), before anything is loaded."""
     expected = module.state_dict(keep_vars=True)
-    tied = {f"{prefix}{name}" for group in _tie_groups(module) for sub, name in group
-            for prefix in [_module_prefix(module, sub)]}
+    tied = {qualified for group in (_tie_groups(module) if ties is None else ties) for qualified, _, _ in group}
     missing = [k for k in expected if k not in tensors and k not in aliases and k not in tied]
     unexpected = [k for k in tensors if k not in expected]
     mismatched = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -245,24 +290,18 @@ def check_keys(module: nn.Module, tensors: dict[str, torch.Tensor], aliases: dic
         raise KeyMismatchError("\n".join(lines), missing, unexpected, mismatched)
 
 
-def _module_prefix(root: nn.Module, target: nn.Module) -> str:
-    for name, sub in root.named_modules(remove_duplicate=False):
-        if sub is target:
-            return f"{name}." if name else ""
-    return ""
-
-
-def assign_state(module: nn.Module, tensors: dict[str, torch.Tensor], aliases: dict[str, str] | None = None) -> None:
+def assign_state(module: nn.Module, tensors: dict[str, torch.Tensor], aliases: dict[str, str] | None = None,
+                 ties: list | None = None) -> None:
     """Load tensors into a module built by ``parameters_on_meta`` and restore its weight ties."""
-    groups = _tie_groups(module)
+    ties = _tie_groups(module) if ties is None else ties  # before loading: assign=True breaks the sharing
     for alias, target in (aliases or {}).items():
         if alias not in tensors and target in tensors:
             tensors[alias] = tensors[target]
     module.load_state_dict(tensors, strict=False, assign=True)
-    for group in groups:  # assign=True replaced one side of each tie: point the others at it
-        loaded = [getattr(sub, name) for sub, name in group if getattr(sub, name).device.type != "meta"]
+    for group in ties:  # assign=True replaced one side of each tie: point the others at it
+        loaded = [getattr(sub, name) for _, sub, name in group if getattr(sub, name).device.type != "meta"]
         if loaded:
-            for sub, name in group:
+            for _, sub, name in group:
                 setattr(sub, name, loaded[0])
 
 
@@ -286,8 +325,9 @@ def load_folder(folder: str | os.PathLike, *, map_location: str | torch.device =
     verify_files(folder, config["files"])
     tensors, aliases = read_weights(folder / WEIGHTS_NAME)
     module = _instantiate(cls, config["init_args"], on_meta=True)
-    check_keys(module, tensors, aliases, strict, str(folder / WEIGHTS_NAME))
-    assign_state(module, tensors, aliases)
+    ties = _tie_groups(module)
+    check_keys(module, tensors, aliases, strict, str(folder / WEIGHTS_NAME), ties)
+    assign_state(module, tensors, aliases, ties)
     if any(t.device.type == "meta" for t in list(module.parameters()) + list(module.buffers())):
         if strict:  # pragma: no cover - check_keys names missing keys first
             raise CheckpointFormatError(f"{folder}: some weights were not in the file")
