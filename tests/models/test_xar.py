@@ -335,7 +335,8 @@ def test_cli_fit_from_tiny_config_then_generate(tmp_path, monkeypatch):
 
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
     cli = run_cli(["fit", "-c", "configs/xar/tiny.yaml", "--trainer.max_steps=3", "--trainer.val_check_interval=3",
-                   "--trainer.limit_val_batches=1", f"--trainer.default_root_dir={tmp_path}",
+                   "--trainer.limit_val_batches=1", "--model.init_args.eval_samples=20",
+                   f"--trainer.default_root_dir={tmp_path}",
                    f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}", "--data.init_args.batch_size=8"])
     model = cli.model
     assert isinstance(model, XARModule) and cli.trainer.global_step == 3
@@ -416,3 +417,15 @@ def test_shipped_classifier_scores_real_digits_well_and_noise_badly(tmp_path):
     assert real["class_accuracy"] > 0.95
     assert real["feature_fd"] < 0.2 * noise["feature_fd"]
     assert real["precision"] > noise["precision"] and real["recall"] > noise["recall"]
+
+
+def test_validation_scores_generated_samples(tmp_path):
+    import lightning.pytorch as pl
+
+    m = make(eval_samples=40)
+    dm = XARDataModule(batch_size=64, limit=64, cache_dir=str(tmp_path))
+    metrics = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False).validate(m, dm)[0]
+    assert {"val/loss", "val/feature_fd", "val/class_accuracy", "val/precision", "val/recall"} <= set(metrics)
+    assert 0 <= metrics["val/class_accuracy"] <= 1
+    with pytest.raises(ConfigError, match="eval_samples"):
+        make(eval_samples=10, image_size=16)

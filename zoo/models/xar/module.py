@@ -92,9 +92,13 @@ class XARModule(ZooModule):
         sample_steps: int = 40,
         solver: Literal["sde", "ode"] = "sde",
         cfg_scale: float = 2.7,
+        eval_samples: int = 0,
         optim: OptimConfig | None = None,
     ):
         super().__init__(optim=optim)
+        if eval_samples and (channels, image_size, num_classes) != (1, 8, 10):
+            raise ConfigError("eval_samples scores samples with the shipped 8x8 digit classifier; it needs "
+                              "channels=1, image_size=8, num_classes=10 (set eval_samples=0 for other data)")
         if latent not in ("patch", "kl"):
             raise ConfigError(f"latent={latent!r}; use 'patch' (identity patches) or 'kl' (the family's KL autoencoder)")
         if context not in ("noisy", "clean"):
@@ -108,6 +112,8 @@ class XARModule(ZooModule):
         self.ema_decay, self.lr_hold = ema_decay, lr_hold
         self.sample_steps, self.solver, self.cfg_scale = sample_steps, solver, cfg_scale
         self.autoencoder_weights = autoencoder_weights
+        self.eval_samples = eval_samples
+        self._quality = None  # the classifier-space scorer, built on first use (not saved)
 
         if latent == "kl":
             ae_cfg = AutoencoderConfig.coerce(autoencoder, channels=channels, resolution=image_size)
@@ -197,6 +203,25 @@ class XARModule(ZooModule):
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
         loss = self.flow_matching_loss(batch, generator)["loss"]
         self.log_metrics("val", {"loss": loss}, batch_size=len(batch["labels"]))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.eval_samples and not self.trainer.sanity_checking:
+            scores = self.sample_quality(self.eval_samples)
+            self.log_metrics("val", {k: scores[k] for k in ("feature_fd", "class_accuracy", "precision", "recall")})
+
+    def sample_quality(self, num_samples: int = 1000, seed: int = 0) -> dict[str, float]:
+        """Feature-space FD, class accuracy and k-NN precision/recall of ``num_samples`` generated digits
+        against the digits training split, in the frozen shipped classifier's feature space."""
+        from zoo.models.xar.data import XARDataModule
+        from zoo.models.xar.metrics import SampleQuality
+
+        if self._quality is None:
+            data = XARDataModule(batch_size=512)
+            data.setup()
+            self._quality = SampleQuality(torch.cat([b["images"] for b in data.train_dataloader()]))
+        labels = torch.arange(num_samples) % self.num_classes
+        images = torch.cat([self.generate(chunk, seed=seed + i).cpu() for i, chunk in enumerate(labels.split(500))])
+        return self._quality.score(images, labels)
 
     def test_step(self, batch, batch_idx):
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
