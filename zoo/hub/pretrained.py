@@ -41,6 +41,7 @@ TOKENIZER_DIR = "tokenizer"
 CARD_NAME = "README.md"
 RESULTS_NAME = "results.json"
 MIGRATIONS: dict[int, Callable[[dict], dict]] = {}
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -390,7 +391,9 @@ def load_upstream(repo_id: str, *, revision=None, cache_dir=None, local_files_on
         raise CheckpointFormatError(f"{repo_id}@{revision or upstream.revision} lacks {missing}; "
                                     "the upstream layout changed: pin the registered revision")
     module = upstream.converter(folder)
-    module.converted_from = {"repo_id": repo_id, "revision": revision or upstream.revision}
+    # the snapshot folder is named after the commit it holds: record that, even when "main" was asked for
+    module.converted_from = {"repo_id": repo_id, "revision": folder.name if _COMMIT.match(folder.name)
+                             else revision or upstream.revision}
     return module
 
 
