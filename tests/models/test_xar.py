@@ -31,9 +31,9 @@ def test_entity_layouts_cover_the_grid_once(entity, size, expected):
 
 
 def test_cell_entity_holds_neighbouring_tokens():
-    order, ids = entity_order(4, "cell", 2)
+    order, _ = entity_order(4, "cell", 2)
     assert order[:4].tolist() == [0, 1, 4, 5]  # top-left 2x2 cell of the 4x4 grid, raster inside
-    order, ids = entity_order(4, "subsample", 2)
+    order, _ = entity_order(4, "subsample", 2)
     assert order[:4].tolist() == [0, 2, 8, 10]  # stride-2 lattice
 
 

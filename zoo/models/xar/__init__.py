@@ -66,4 +66,4 @@ register(ModelEntry(
 ))
 register_datamodule("xar_images", XARDataModule)
 
-__all__ = ["XARAutoencoderModule", "XARDataModule", "XARModule", "PAPER", "convert_xar"]
+__all__ = ["PAPER", "XARAutoencoderModule", "XARDataModule", "XARModule", "convert_xar"]

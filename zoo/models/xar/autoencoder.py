@@ -9,8 +9,9 @@ spatial attention in the middle, stride-2 convolutions with asymmetric padding.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ class AutoencoderConfig:
         return self.resolution // 2 ** (len(self.ch_mult) - 1)
 
     @classmethod
-    def coerce(cls, value: "AutoencoderConfig | Mapping[str, Any] | None", **defaults: Any) -> "AutoencoderConfig":
+    def coerce(cls, value: AutoencoderConfig | Mapping[str, Any] | None, **defaults: Any) -> AutoencoderConfig:
         if isinstance(value, cls):
             return value
         fields = {f.name for f in dataclasses.fields(cls)}

@@ -30,7 +30,7 @@ def patchify(x: Tensor, p: int) -> Tensor:
 
 def unpatchify(tokens: Tensor, p: int, c: int) -> Tensor:
     b, n, _ = tokens.shape
-    g = int(math.isqrt(n))
+    g = math.isqrt(n)
     return tokens.reshape(b, g, g, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, g * p, g * p)
 
 

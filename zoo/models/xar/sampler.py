@@ -7,7 +7,8 @@ together; its scale rises linearly over the AR steps (the first entity is unguid
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -79,7 +80,7 @@ def sample_sequence(net: XARTransformer, labels: Tensor, num_steps: int = 40, cf
         scale = cfg_schedule(cfg_scale, n, net.num_entities)
         view = net.entity_view(n, caches, append=False)
 
-        def velocity(x: Tensor, t: float) -> Tensor:
+        def velocity(x: Tensor, t: float, view=view, scale=scale) -> Tensor:
             xin = torch.cat([x, x]) if guided else x
             cond = net.condition(ys, torch.full((len(ys), 1), t, device=device))
             v = net(xin.float(), cond, view).to(x.dtype)
