@@ -124,3 +124,18 @@ def test_sweep_runs_every_combination(tmp_path, capsys):
     runs = json.loads(next(real.glob("*/summary.json")).read_text())
     assert [r["overrides"] for r in runs] == [["model.init_args.hidden=4"], ["model.init_args.hidden=8"]]
     assert all("train/loss_step" in r["metrics"] or "train/loss" in r["metrics"] for r in runs), runs
+
+
+def test_push_command_publishes_a_hub_folder(hub, trained_run, tmp_path, capsys):
+    _, ckpt = trained_run
+    out = tmp_path / "export"
+    assert main(["export", str(ckpt), str(out)]) == 0
+    repo_id = hub.repo_id("cli-pushed")
+    assert main(["push", str(out), repo_id, "--private"]) == 0
+    assert f"pushed {out} to {repo_id}" in capsys.readouterr().out
+    assert hub.api.model_info(repo_id).private
+    local, remote = zoo.from_pretrained(out), zoo.from_pretrained(repo_id)
+    batch = local.example_batch(3)
+    assert torch.equal(local(batch), remote(batch))
+    assert main(["push", str(tmp_path), repo_id]) == 2  # not a hub folder: refused before anything is sent
+    assert "not a zoo hub folder" in capsys.readouterr().err

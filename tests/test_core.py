@@ -10,7 +10,7 @@ import torch
 from tiny_family import TinyClassifier, TinyData
 
 from zoo.core.module import OptimConfig, ZooModule, lr_lambda
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, OfflineError
 
 
 def test_init_args_are_captured_typed_and_json():
@@ -149,3 +149,29 @@ def test_bad_sources_name_the_problem(tmp_path):
         TinyData(source=str(tmp_path / "bad")).load_source()
     with pytest.raises(ConfigError, match="must be in \\[0, 1\\)"):
         TinyData.__mro__[1](val_fraction=0.6, test_fraction=0.5)
+
+
+def test_hugging_face_dataset_id_loads_through_the_hub(hub, tmp_path):
+    """`source="org/name"` goes through `datasets.load_dataset`, here against the loopback Hub."""
+    repo = hub.repo_id("module-names")
+    hub.api.create_repo(repo, repo_type="dataset")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\n" + "".join(f"w{i} x,{i % 2}\n" for i in range(30)))
+    (folder / "test.csv").write_text("text,label\n" + "".join(f"t{i} y,{i % 2}\n" for i in range(6)))
+    hub.api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=str(folder))
+    data = TinyData(source=repo)
+    data.cache_dir = tmp_path / "cache"
+    data.setup("fit")
+    assert len(data.splits["test"]) == 6 and len(data.splits["train"]) + len(data.splits["validation"]) == 30
+    # datasets also probes a legacy script bucket and the datasets-server; both are optional, the guard refused them
+    assert all("s3.amazonaws.com" in r or "datasets-server." in r for r in hub.blocked_requests), hub.blocked_requests
+    hub.blocked_requests.clear()
+
+
+def test_unknown_dataset_id_offline_names_the_fix(hub):
+    with hub.offline(assert_no_requests=False):
+        with pytest.raises(OfflineError, match="neither cached nor reachable.*connect once to cache it, or pass "
+                                               "source='embedded' or a local folder"):
+            TinyData(source=hub.repo_id("no-such-dataset")).load_source()
+    hub.blocked_requests.clear()
