@@ -335,6 +335,7 @@ def test_cli_fit_from_tiny_config_then_generate(tmp_path, monkeypatch):
 
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
     cli = run_cli(["fit", "-c", "configs/xar/tiny.yaml", "--trainer.max_steps=3", "--trainer.val_check_interval=3",
+                   "--trainer.check_val_every_n_epoch=null",
                    "--trainer.limit_val_batches=1", "--model.init_args.eval_samples=20",
                    f"--trainer.default_root_dir={tmp_path}",
                    f"--trainer.callbacks.init_args.dirpath={tmp_path / 'ckpt'}", "--data.init_args.batch_size=8"])
