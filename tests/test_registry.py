@@ -80,3 +80,13 @@ def test_every_family_is_complete():
                 # a 40-hex commit; "main" only where no commit could be looked up offline (noted in the issue)
                 assert upstream.revision == "main" or re.fullmatch("[0-9a-f]{40}", upstream.revision), upstream
                 assert registry.is_model(upstream.model)
+
+
+def test_allow_list_accepts_a_registered_class_by_its_re_exported_name():
+    entry = zoo.model_info(FAMILIES[0] + "-tiny")
+    package = f"zoo.models.{entry.family}"
+    reexported = f"{package}.{entry.module_class.__name__}"
+    if entry.class_path != reexported and hasattr(sys.modules[package], entry.module_class.__name__):
+        assert registry.resolve_class(reexported) is entry.module_class
+    with pytest.raises(UnregisteredClassError):
+        registry.resolve_class(f"{package}.os")  # a module attribute that is not a registered class

@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -240,6 +241,14 @@ def registered_classes() -> dict[str, type]:
     _ensure_loaded()
     classes = {e.class_path: e.module_class for e in _REGISTRY.models.values()}
     classes.update({class_path(c): c for c in _REGISTRY.datamodules.values()})
+    # the same classes under the names a family re-exports them by (zoo.models.codet5.CodeT5Module); only
+    # modules already imported are read, nothing is imported on a config's say-so
+    allowed = set(classes.values())
+    for name, module in list(sys.modules.items()):
+        if name.startswith("zoo.models.") and module is not None:
+            for attr, value in list(vars(module).items()):
+                if isinstance(value, type) and value in allowed:
+                    classes.setdefault(f"{name}.{attr}", value)
     return classes
 
 
