@@ -78,7 +78,8 @@ def finetune(scheme: str, pre: dict, task: str, seed: int, args) -> dict:
     pl.seed_everything(seed, verbose=False)
     data = DnaClassificationData(task=task, window_bp=args.task_bp, batch_size=args.batch_size, max_length=2048, seed=0)
     data.attach_tokenizer(pre["tokenizer"])
-    model = DnaBert2ForSequenceClassification(config={**TINY, "vocab_size": pre["vocab_size"]}, num_labels=2,
+    model = DnaBert2ForSequenceClassification(config={**TINY, "vocab_size": pre["vocab_size"]},
+                                              num_labels=3 if task == "frame" else 2,
                                               init_from=pre["ckpt"], optim={"lr": 1e-3, "warmup": 0.1})
     fit = trainer(args.ft_steps)
     start = time.perf_counter()
@@ -107,7 +108,7 @@ def kmer_logistic_regression(task: str, args) -> dict:
     raw = DnaClassificationData(task=task, window_bp=args.task_bp, seed=0).load_source()
     vec = CountVectorizer(analyzer="char", ngram_range=(1, 6), lowercase=False)
     x_train, x_test = vec.fit_transform(raw["train"]["sequence"]), vec.transform(raw["test"]["sequence"])
-    clf = LogisticRegression(max_iter=2000, C=0.1).fit(x_train, raw["train"]["label"])
+    clf = LogisticRegression(max_iter=3000, C=0.1).fit(x_train, raw["train"]["label"])
     pred, gold = clf.predict(x_test), raw["test"]["label"]
     return {"mcc": matthews_corrcoef(gold, pred), "f1": f1_score(gold, pred, average="macro"),
             "accuracy": accuracy_score(gold, pred)}
@@ -120,9 +121,9 @@ def pm(values: list[float]) -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mlm-steps", type=int, default=150)
-    p.add_argument("--ft-steps", type=int, default=100)
+    p.add_argument("--ft-steps", type=int, default=120)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--tasks", nargs="+", default=["coding", "species"])
+    p.add_argument("--tasks", nargs="+", default=["coding", "frame"])
     p.add_argument("--window-bp", type=int, default=128, help="pre-training window")
     p.add_argument("--task-bp", type=int, default=100, help="classification window")
     p.add_argument("--genome-bp", type=int, default=600_000, help="bases used from each genome for pre-training")

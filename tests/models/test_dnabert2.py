@@ -170,6 +170,8 @@ def test_embedded_tasks_are_real_balanced_and_leak_free(tmp_path):
     assert groups["validation"].isdisjoint(groups["test"]) and all(len(s) for s in splits.values())
     strand = build_task("strand", 100, 10_000, seed=0, max_bp=200_000)
     assert reverse_complement("AACGTN") == "NACGTT" and set(strand["label"]) == {0, 1}
+    frame = build_task("frame", 99, 10_000, seed=0, max_bp=200_000)
+    assert set(frame["label"]) == {0, 1, 2} and all(len(s) == 99 for s in frame["sequence"])
     with pytest.raises(ConfigError, match="unknown embedded task"):
         DnaClassificationData(task="promoters")
 

@@ -31,9 +31,9 @@ GENOMES = {
     "srr492066": ("SRR492066.fna.gz", "metagenomic contig SRR492066 NODE_23 (low-GC, Mycoplasma-like)"),
     "kutzneria": ("KK037166.fna.gz", "Kutzneria sp. 744 scaffold KK037166"),
 }
-TASKS = ("coding", "species", "strand")
+TASKS = ("coding", "species", "strand", "frame")
 #: bump when build_task or tile change, so cached datasets are rebuilt
-DATA_VERSION = 1
+DATA_VERSION = 3
 EMBEDDED_DESCRIPTION = "real bacterial genomes shipped in the pyrodigal wheel (pyrodigal/tests/data, GPL-3.0)"
 
 
@@ -98,6 +98,8 @@ def build_task(task: str, window_bp: int, block_bp: int, seed: int, max_bp: int 
     coding:  window inside a predicted CDS (1) vs in an intergenic stretch touching no CDS (0)
     species: C. diphtheriae (0) vs E. coli (1) windows of the same length (GC 53% vs 51%)
     strand:  coding window read on the CDS's strand (1) vs its reverse complement (0), i.e. gene orientation
+    frame:   coding window read in the gene's direction; label = its first base's codon position (0, 1, 2).
+             k-mer counts are nearly blind to it (a shift changes only the ends), so it needs order
     """
     if task not in TASKS:
         raise ConfigError(f"unknown embedded task {task!r}; choose one of {list(TASKS)}")
@@ -117,9 +119,12 @@ def build_task(task: str, window_bp: int, block_bp: int, seed: int, max_bp: int 
         covered = bytearray(len(sequence))
         for start, end, _ in genes:
             covered[start:end] = b"\x01" * (end - start)
+        # a stride that is a multiple of 3 would start every window in the same codon position
+        stride = window_bp + 1 if window_bp % 3 == 0 else window_bp
         for start, end, strand in genes:
-            for pos, seq, group in tile(genome, sequence, window_bp, block_bp, start, end):
-                coding.append((seq, strand, group, f"{genome}:{pos}"))
+            for pos, seq, group in tile(genome, sequence, window_bp, block_bp, start, end, stride=stride):
+                frame = (pos - start) % 3 if strand == 1 else (end - pos - window_bp) % 3
+                coding.append((seq, strand, group, f"{genome}:{pos}", frame))
         gap_start = None
         for pos in range(len(sequence) + 1):  # maximal intergenic stretches
             inside = pos < len(sequence) and not covered[pos]
@@ -131,11 +136,14 @@ def build_task(task: str, window_bp: int, block_bp: int, seed: int, max_bp: int 
                 gap_start = None
     if task == "coding":
         fraction = len(noncoding) / max(1, len(coding))
-        picked = [(s, 1, g) for s, _, g, key in coding if _keep(key, seed, fraction)]
+        picked = [(s, 1, g) for s, _, g, key, _ in coding if _keep(key, seed, fraction)]
         picked += [(s, 0, g) for s, _, g, _ in noncoding]
+    elif task == "frame":
+        picked = [(s if strand == 1 else reverse_complement(s), frame, g)
+                  for s, strand, g, key, frame in coding if _keep(key, seed + 3, 0.4)]
     else:
         picked = []
-        for seq, strand, group, key in coding:
+        for seq, strand, group, key, _ in coding:
             if not _keep(key, seed + 1, 0.25):
                 continue
             forward = seq if strand == 1 else reverse_complement(seq)
