@@ -176,6 +176,9 @@ def summarise(runs: list[dict], refs: dict, args, wall: float) -> dict:
         "columns": columns,
         "rows": rows,
         "verdict": verdict,
+        "script": (f"python bench/dupmae_claim.py --steps {args.steps} --finetune-steps {args.finetune_steps} "
+                   f"--max-length {args.max_length} --vocab-size {args.vocab_size} --seeds "
+                   + " ".join(map(str, args.seeds))),
         "raw": {"runs": runs, "references": refs, "args": vars(args)},
     }
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.errors import CheckpointFormatError, ConfigError, KeyMismatchError
-from zoo.models.dupmae import DupMAE, RetrievalData, SearchIndex, convert_retromae, retrieval_metrics
+from zoo.models.dupmae import DupMAE, RetrievalData, SearchIndex, bm25_scores, convert_retromae, retrieval_metrics
 from zoo.models.dupmae.convert import load_encoder
 from zoo.models.dupmae.data import function_pairs, minilm_path, train_wordpiece
 from zoo.models.dupmae.masking import IGNORE, decoder_visibility, encoder_mask, pretrain_batch
@@ -143,6 +143,12 @@ def test_retrieval_metrics_are_torchmetrics_values():
     scores = torch.tensor([[0.5, 0.9, 0.1], [0.1, 0.5, 0.9], [0.9, 0.1, 0.5]])
     second = retrieval_metrics(scores, relevant, (1, 2))
     assert second["mrr"] == pytest.approx(0.5) and second["recall@1"] == 0 and second["recall@2"] == 1
+
+
+def test_bm25_reference_ranks_lexical_matches_first():
+    scores = bm25_scores(["open the file", "sort numbers list", "read file lines"], ["read file", "sort list"])
+    assert scores.shape == (2, 3) and scores[0].argmax() == 2 and scores[1].argmax() == 1
+    assert scores[1, 0] == 0  # no shared term
 
 
 @pytest.fixture(scope="module")

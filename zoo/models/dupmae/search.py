@@ -16,9 +16,11 @@ Metrics are torchmetrics retrieval metrics: MRR@10, nDCG@10 and Recall@k.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.retrieval import RetrievalMRR, RetrievalNormalizedDCG, RetrievalRecall
@@ -117,7 +119,9 @@ class SearchIndex:
             vectors = self.model.encode_texts(texts[start:start + self.batch_size], max_length=max_length)
             d, s = combine(vectors, self.representation, self.model.similarity, self.top_k_terms)
             dense.append(d)
-            sparse.append(s.to_sparse_csr() if s is not None else None)
+            with warnings.catch_warnings():  # torch flags sparse CSR as beta; the product used here is stable
+                warnings.simplefilter("ignore", UserWarning)
+                sparse.append(s.to_sparse_csr() if s is not None else None)
         return dense, sparse
 
     def add(self, texts: Sequence[str], ids: Sequence[str] | None = None) -> "SearchIndex":
@@ -178,4 +182,4 @@ def bm25_scores(corpus: Sequence[str], queries: Sequence[str]) -> torch.Tensor:
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(list(corpus), stopwords=None, show_progress=False), show_progress=False)
     tokens = bm25s.tokenize(list(queries), stopwords=None, show_progress=False, return_ids=False)
-    return torch.tensor([retriever.get_scores(q) for q in tokens], dtype=torch.float32)
+    return torch.from_numpy(np.stack([retriever.get_scores(q) for q in tokens])).float()
