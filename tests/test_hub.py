@@ -7,13 +7,19 @@ import os
 
 import pytest
 import torch
-from tiny_family import TinyClassifier
 from transformers import T5Config, T5ForConditionalGeneration
 
 import zoo
 from zoo.core.module import OptimConfig, ZooModule
-from zoo.errors import (CheckpointFormatError, ConfigError, FormatVersionError, IntegrityError, KeyMismatchError,
-                        UnknownModelError, UnregisteredClassError)
+from zoo.errors import (
+    CheckpointFormatError,
+    ConfigError,
+    FormatVersionError,
+    IntegrityError,
+    KeyMismatchError,
+    UnknownModelError,
+    UnregisteredClassError,
+)
 from zoo.hub.pretrained import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME, sha256_file
 from zoo.registry import ModelEntry, Paper, register
 

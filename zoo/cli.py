@@ -17,9 +17,10 @@ import datetime
 import json
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from lightning.pytorch.cli import LightningCLI
@@ -28,8 +29,15 @@ from zoo import registry
 from zoo.core.data import ZooDataModule
 from zoo.core.module import ZooModule
 from zoo.errors import CheckpointFormatError, ConfigError, ZooError
-from zoo.hub.pretrained import (_instantiate, assign_state, check_keys, load_upstream, push_to_hub, read_config,
-                                save_pretrained)
+from zoo.hub.pretrained import (
+    _instantiate,
+    assign_state,
+    check_keys,
+    load_upstream,
+    push_to_hub,
+    read_config,
+    save_pretrained,
+)
 
 VERBS = ("list", "info", "export", "push", "convert", "sweep")
 RESULTS_NAME = "results.json"
@@ -195,7 +203,8 @@ def module_from_checkpoint(ckpt: dict, where: str):
 
 
 def cmd_export(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="zoo export", description="Hub folder + generated card from a Lightning checkpoint.")
+    p = argparse.ArgumentParser(prog="zoo export",
+                                description="Hub folder + generated card from a Lightning checkpoint.")
     p.add_argument("ckpt")
     p.add_argument("out")
     p.add_argument("--results", help=f"{RESULTS_NAME} of a validate/test run (default: the one beside the checkpoint)")
@@ -281,8 +290,8 @@ def cmd_convert(argv: Sequence[str]) -> int:
 
 def cmd_sweep(argv: Sequence[str]) -> int:
     """Hydra multirun syntax over the same YAML files: every combination is one `zoo fit` run."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     p = argparse.ArgumentParser(prog="zoo sweep", description="Hydra multirun over LightningCLI configs.")
     p.add_argument("subcommand", nargs="?", default="fit", choices=["fit", "validate", "test"])

@@ -20,8 +20,9 @@ import fnmatch
 import importlib
 import sys
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from zoo.errors import ConfigError, UnknownModelError, UnregisteredClassError
 

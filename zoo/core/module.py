@@ -14,8 +14,9 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch

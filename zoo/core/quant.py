@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable, Literal
+from collections.abc import Iterable
+from typing import Literal
 
 import torch
 from torch import nn

@@ -19,8 +19,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -31,8 +32,16 @@ from transformers.initialization import guard_torch_init_functions
 from zoo import registry
 from zoo.core.data import cache_root
 from zoo.core.quant import quantize_linear_layers
-from zoo.errors import (CheckpointFormatError, ConfigError, FormatVersionError, IntegrityError, KeyMismatchError,
-                        OfflineError, UnknownModelError, ZooError)
+from zoo.errors import (
+    CheckpointFormatError,
+    ConfigError,
+    FormatVersionError,
+    IntegrityError,
+    KeyMismatchError,
+    OfflineError,
+    UnknownModelError,
+    ZooError,
+)
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -351,8 +360,12 @@ def _finish(module, map_location, quantize):
 
 # ---------------------------------------------------------------------------------------------- hub
 def _hub_download_error(source: str, err: Exception) -> ZooError:
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     if isinstance(err, LocalEntryNotFoundError):
         return OfflineError(f"{source!r} is not in the local Hugging Face cache and the Hub cannot be reached "
@@ -444,13 +457,13 @@ def push_to_hub(folder_or_module, repo_id: str, *, revision: str | None = None, 
     with contextlib.ExitStack() as stack:
         if isinstance(folder_or_module, (str, os.PathLike)):
             folder = Path(folder_or_module)
-            read_config(folder)  # refuse to publish something that is not a hub folder
-            verify_files(folder, read_config(folder)["files"])
+            verify_files(folder, read_config(folder)["files"])  # refuse to publish a broken or foreign folder
         else:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "model"
             save_pretrained(folder_or_module, folder)
         api.create_repo(repo_id, private=private, exist_ok=True)
         if branch and branch != "main":
             api.create_branch(repo_id, branch=branch, exist_ok=True)
+        message = commit_message or f"Upload {read_config(folder)['family']} model with zoo"
         return api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=branch, create_pr=create_pr,
-                                 commit_message=commit_message or f"Upload {read_config(folder)['family']} model with zoo")
+                                 commit_message=message)
