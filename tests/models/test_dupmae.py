@@ -291,7 +291,7 @@ def test_converter_refuses_partial_and_foreign_checkpoints(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-def test_pretrain_then_finetune_then_search(tmp_path):
+def test_pretrain_then_finetune_then_search(tmp_path, capsys):
     import lightning.pytorch as pl
 
     def trainer(steps, root):
@@ -321,4 +321,12 @@ def test_pretrain_then_finetune_then_search(tmp_path):
     assert loaded.init_report is None  # loading a saved model never re-reads init_from
     docs = ["def add(a, b):\n    return a + b", "def read(path):\n    return open(path).read()"]
     hits = SearchIndex(loaded).add(docs).search(["Return the sum."], k=2)[0]
-    assert [h.doc_id for h in hits] != [] and len(hits) == 2
+    assert len(hits) == 2 and hits[0].score >= hits[1].score
+
+    from zoo.models.dupmae.search import main  # the command-line search: python -m zoo.models.dupmae
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"f{i}", "title": "", "text": d}) + "\n" for i, d in enumerate(docs)))
+    assert main([str(folder), str(corpus), "Return the sum.", "-k", "1"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["query"] == "Return the sum." and line["hits"][0]["id"] in {"f0", "f1"}

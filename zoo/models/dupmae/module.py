@@ -115,10 +115,18 @@ class DupMAE(ZooModule):
                           "(encoder_input_ids, ...), a pair batch (query_input_ids, passage_input_ids) or "
                           "input_ids + attention_mask")
 
-    def pretrain_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.objective == "contrastive":
+    def check_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        """Refuse a batch of the other task, naming the fix."""
+        pretraining = "encoder_input_ids" in batch
+        if self.objective == "contrastive" and pretraining:
             raise ConfigError("objective='contrastive' fine-tunes on pairs but got a pre-training batch; "
                               "use RetrievalData(task='finetune') or set objective to mlm/retromae/dupmae")
+        if self.objective != "contrastive" and not pretraining:
+            raise ConfigError(f"objective={self.objective!r} pre-trains but got a pair batch; use "
+                              "RetrievalData(task='pretrain') or set objective='contrastive' to fine-tune")
+
+    def pretrain_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.check_batch(batch)
         mask = batch["attention_mask"]
         hidden = self.model.encoder.bert(input_ids=batch["encoder_input_ids"], attention_mask=mask).last_hidden_state
         vocab = self.model.config.vocab_size
@@ -172,11 +180,7 @@ class DupMAE(ZooModule):
 
     # ------------------------------------------------------------------ Lightning steps
     def training_step(self, batch, batch_idx):
-        if self.objective == "contrastive" and "encoder_input_ids" in batch:
-            self.pretrain_losses(batch)  # raises the explanatory error
-        if self.objective != "contrastive" and "encoder_input_ids" not in batch:
-            raise ConfigError(f"objective={self.objective!r} pre-trains but got a pair batch; use "
-                              "RetrievalData(task='pretrain') or set objective='contrastive' to fine-tune")
+        self.check_batch(batch)
         out = self(batch)
         self.log_metrics("train", {k: v for k, v in out.items() if k != "scores"})
         return out["loss"]

@@ -183,3 +183,47 @@ def bm25_scores(corpus: Sequence[str], queries: Sequence[str]) -> torch.Tensor:
     retriever.index(bm25s.tokenize(list(corpus), stopwords=None, show_progress=False), show_progress=False)
     tokens = bm25s.tokenize(list(queries), stopwords=None, show_progress=False, return_ids=False)
     return torch.from_numpy(np.stack([retriever.get_scores(q) for q in tokens])).float()
+
+
+def read_corpus(path: str) -> tuple[list[str], list[str]]:
+    """(ids, texts) of a .jsonl corpus (BEIR ``_id``/``title``/``text`` or ``id``/``text``) or a .txt (one per line)."""
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"corpus {path} does not exist; pass a .jsonl (BEIR corpus) or .txt file (one per line)")
+    if file.suffix == ".txt":
+        texts = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [str(i) for i in range(len(texts))], texts
+    ids, texts = [], []
+    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines()):
+        if line.strip():
+            row = json.loads(line)
+            ids.append(str(row.get("_id", row.get("id", n))))
+            texts.append(" ".join(x for x in (row.get("title") or "", row["text"]) if x))
+    return ids, texts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m zoo.models.dupmae MODEL CORPUS "query" ...``: top-k hits as JSON lines."""
+    import argparse
+    import json
+
+    import zoo
+
+    parser = argparse.ArgumentParser(prog="python -m zoo.models.dupmae", description=main.__doc__)
+    parser.add_argument("model", help="hub folder or repo id of a dupmae model (zoo export / save_pretrained)")
+    parser.add_argument("corpus", help=".jsonl (BEIR corpus layout) or .txt, one document per line")
+    parser.add_argument("queries", nargs="+")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--representation", default=None, choices=REPRESENTATIONS,
+                        help="default: the model's eval_representation")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    model = zoo.from_pretrained(args.model)
+    ids, texts = read_corpus(args.corpus)
+    index = SearchIndex(model, representation=args.representation or model.eval_representation).add(texts, ids)
+    for query, hits in zip(args.queries, index.search(args.queries, k=args.k)):
+        print(json.dumps({"query": query, "hits": [{"id": h.doc_id, "score": round(h.score, 4)} for h in hits]}))
+    return 0
