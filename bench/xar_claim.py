@@ -139,6 +139,7 @@ def main() -> None:
             if seed == args.seeds[0] and arm == args.arms[0]:
                 save_grid(images, args.out.parent / "xar_samples.png")
             partial = {**_summary(args, raw, real), **_latency_fields(latencies)}
+            partial["verdict"] += f" Latency: {partial['latency_note']}."
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(partial, indent=2))
     print(json.dumps(partial["rows"], indent=1))
@@ -152,6 +153,16 @@ def _latency_fields(latencies: dict[str, dict]) -> dict:
                              f"({token['ar_steps']} vs {cell['ar_steps']} sequential AR steps); at batch 500 "
                              "(images_per_s column) the CPU is compute-bound and both process the same "
                              "number of token-steps, so throughput is similar") if ratio else ""}
+
+
+def _compare(raw: dict, a: str, b: str) -> str:
+    """Plain words for the FD difference of two arms, judged against their seed spread (2 sigma)."""
+    fa, fb = ([r["feature_fd"] for r in raw[x]] for x in (a, b))
+    spread = max(statistics.stdev(fa) if len(fa) > 1 else 0.0, statistics.stdev(fb) if len(fb) > 1 else 0.0)
+    if len(fa) < 2 or abs(statistics.mean(fa) - statistics.mean(fb)) <= 2 * spread:
+        return f"{a} vs {b}: no difference beyond seed noise"
+    better = a if statistics.mean(fa) < statistics.mean(fb) else b
+    return f"{a} vs {b}: {better} is better"
 
 
 def _summary(args, raw, real) -> dict:
@@ -176,7 +187,12 @@ def _summary(args, raw, real) -> dict:
                f"{token:.3f} vs whole image {image:.3f}; NCL {cell:.3f} vs teacher forcing {tf_steps:.3f} at "
                f"equal steps and {tf_compute:.3f} at equal compute. Throughput at batch 500: cell "
                f"{sp_cell or float('nan'):.0f} img/s vs token-by-token {sp_token or float('nan'):.0f} img/s. "
-               "Compare differences with the ± seed spread; feature-FD is not comparable with Inception FID.")
+               "Feature-FD is not comparable with Inception FID. In words: "
+               + "; ".join(_compare(raw, a, b) for a, b in [
+                   ("cell 2x2 (NCL)", "token 1x1 (NCL)"), ("cell 2x2 (NCL)", "whole image (NCL)"),
+                   ("cell 2x2 (NCL)", "cell 2x2, teacher forcing, equal steps"),
+                   ("cell 2x2 (NCL)", "cell 2x2, teacher forcing, equal compute")] if raw.get(a) and raw.get(b))
+               + ".")
     return {
         "family": "xar",
         "script": f"python bench/xar_claim.py --steps {args.steps} --seeds {' '.join(map(str, args.seeds))} "
