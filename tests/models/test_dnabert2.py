@@ -342,3 +342,10 @@ def test_cli_pretrain_then_classify_on_real_dna(tmp_path, monkeypatch):
                    f"--trainer.callbacks.init_args.dirpath={clf}"])
     assert cli.model.tokenizer is not None and cli.datamodule.tokenizer is cli.model.tokenizer
     assert "val/matthews_correlation" in cli.trainer.callback_metrics
+    vocab = cli.model.tokenizer.get_vocab()
+    # evaluating a checkpoint tokenizes with the checkpoint's own BPE, not a freshly trained one
+    evaluated = run_cli(["test", "-c", "configs/dnabert2/tiny-classify.yaml", *fast[3:],
+                         "--data.init_args.genome_bp=300000", f"--ckpt_path={clf / 'last.ckpt'}",
+                         f"--trainer.default_root_dir={clf}"])
+    assert evaluated.datamodule.tokenizer.get_vocab() == vocab
+    assert "test/matthews_correlation" in evaluated.trainer.callback_metrics
