@@ -180,6 +180,7 @@ def _summary(args, raw, real) -> dict:
 
     cell, token, image = fd("cell 2x2 (NCL)"), fd("token 1x1 (NCL)"), fd("whole image (NCL)")
     tf_steps, tf_compute = fd("cell 2x2, teacher forcing, equal steps"), fd("cell 2x2, teacher forcing, equal compute")
+    params = sum(p.numel() for p in XARModule(**zoo.model_info("xar-tiny").config).net.parameters())
     speed = {arm: statistics.mean(r["images_per_s"] for r in runs) for arm, runs in raw.items() if runs}
     sp_cell, sp_token = speed.get("cell 2x2 (NCL)"), speed.get("token 1x1 (NCL)")
     done_seeds = sorted({r["seed"] for runs in raw.values() for r in runs})
@@ -202,11 +203,11 @@ def _summary(args, raw, real) -> dict:
                  "beats next-token prediction and clean-context teacher forcing, and samples faster than "
                  "token-by-token generation (ImageNet-256 ablation: cell 8x8 FID 2.48 vs token 3.51; NCL 2.48 "
                  "vs teacher forcing 3.45).",
-        "setup": (f"xar-tiny ({sum(p.numel() for p in XARModule(**zoo.model_info('xar-tiny').config).net.parameters())}"
-                  f" params, dim 64, 2+2 blocks), scikit-learn digits 8x8 train split ({len(real)} images), "
+        "setup": (f"xar-tiny ({params} params, dim 64, 2+2 blocks), scikit-learn digits 8x8 train split ({len(real)} images), "
                   f"patch latents 2x2 -> 4x4 token grid, batch 64, {args.steps} steps AdamW lr {args.lr} cosine, "
-                  f"EMA 0.999, label drop 0.1; sampling Euler-Maruyama {args.sample_steps} steps, CFG 2.0 rising linearly; "
-                  f"{args.samples} samples per run; seeds {done_seeds} (planned {args.seeds}); CPU, 1 torch thread, shared 2-core machine. "
+                  f"EMA 0.999, label drop 0.1; sampling Euler-Maruyama {args.sample_steps} steps, CFG 2.0 rising "
+                  f"linearly; {args.samples} samples per run; seeds {done_seeds} (planned {args.seeds}); CPU, "
+                  "1 torch thread, shared 2-core machine. "
                   "Metrics in the 128-d feature space of a frozen digit classifier (98.98% test accuracy): "
                   "feature-FD (torchmetrics FID with feature=classifier; NOT Inception FID), class accuracy of "
                   "samples, k=3 NN precision/recall."),
