@@ -139,3 +139,14 @@ def test_push_command_publishes_a_hub_folder(hub, trained_run, tmp_path, capsys)
     assert torch.equal(local(batch), remote(batch))
     assert main(["push", str(tmp_path), repo_id]) == 2  # not a hub folder: refused before anything is sent
     assert "not a zoo hub folder" in capsys.readouterr().err
+
+
+def test_validate_with_ckpt_path_tokenizes_with_the_checkpoint_tokenizer(trained_run):
+    """Lightning restores --ckpt_path after setup: the data must wait for it instead of training a new tokenizer."""
+    from zoo.cli import load_checkpoint, module_from_checkpoint, run_cli
+
+    _, ckpt = trained_run
+    trained_vocab = len(module_from_checkpoint(load_checkpoint(ckpt), str(ckpt)).tokenizer)
+    cli = run_cli(["validate", "-c", CONFIG, f"--ckpt_path={ckpt}", "--data.init_args.vocab_size=12"])
+    assert cli.datamodule.tokenizer is cli.model.tokenizer
+    assert len(cli.model.tokenizer) == trained_vocab != 12

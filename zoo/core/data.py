@@ -252,15 +252,27 @@ class ZooDataModule(CapturesInitArgs, pl.LightningDataModule):
         self.tokenizer = tokenizer
 
     def setup(self, stage: str | None = None) -> None:
+        """Under a Trainer only the raw splits load here; tokenization waits for the first dataloader, because
+        Lightning restores ``--ckpt_path`` (and with it the checkpoint's tokenizer) after ``setup``."""
+        if self.trainer is None:
+            self.prepare_splits()
+        else:
+            self.load_source()
+
+    def prepare_splits(self) -> datasets.DatasetDict:
+        """Tokenized splits, with the model's tokenizer when it has one (fine-tuning, --ckpt_path), else a new one."""
         if self.splits is not None:
-            return
+            return self.splits
         raw = self.load_source()
         model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
         if self.tokenizer is None and getattr(model, "tokenizer", None) is not None:
-            self.tokenizer = model.tokenizer  # fine-tuning: the model's tokenizer wins
+            self.tokenizer = model.tokenizer
         if self.tokenizer is None:
             self.tokenizer = self.build_tokenizer(raw["train"])
+        if model is not None and getattr(model, "tokenizer", None) is None and self.tokenizer is not None:
+            model.attach_tokenizer(self.tokenizer)  # trained from scratch: the model keeps the data's tokenizer
         self.splits = datasets.DatasetDict({name: self._tokenized(name, ds) for name, ds in raw.items()})
+        return self.splits
 
     def _tokenizer_fingerprint(self) -> str:
         tok = self.tokenizer
@@ -285,8 +297,7 @@ class ZooDataModule(CapturesInitArgs, pl.LightningDataModule):
                         cache_file_name=str(cache_file), desc=f"tokenize {split}")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if self.splits is None:
-            self.setup()
+        self.prepare_splits()
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle, collate_fn=self.collate,
                           num_workers=self.num_workers, generator=generator if shuffle else None,

@@ -201,25 +201,6 @@ class _DnaData(ZooDataModule):
         self.block_bp = block_bp
         self.genome_bp = genome_bp
 
-    def setup(self, stage: str | None = None) -> None:
-        """Under a Trainer, only the raw splits are loaded here; tokenization waits for the first dataloader.
-
-        Lightning restores ``--ckpt_path`` after ``setup``, so deferring lets ``zoo validate/test`` tokenize
-        with the checkpoint's own tokenizer instead of training a fresh one.
-        """
-        if self.trainer is None:
-            super().setup(stage)
-        else:
-            self.load_source()
-
-    def _loader(self, split: str, shuffle: bool):
-        if self.splits is None:
-            super().setup()
-            model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-            if model is not None and getattr(model, "tokenizer", None) is None:
-                model.attach_tokenizer(self.tokenizer)  # trained from scratch: the model keeps the data's tokenizer
-        return super()._loader(split, shuffle)
-
     def build_tokenizer(self, train: datasets.Dataset):
         return make_tokenizer(self.tokenizer_scheme, train["sequence"], vocab_size=self.vocab_size, k=self.k)
 

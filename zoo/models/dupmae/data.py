@@ -260,8 +260,7 @@ class RetrievalData(ZooDataModule):
         return [train[i]["passage_input_ids"] for i in picked]
 
     def train_dataloader(self) -> DataLoader:
-        if self.splits is None:
-            self.setup()
+        self.prepare_splits()
         if self.task == "pretrain":
             collate = self.collate_pretrain
         else:
