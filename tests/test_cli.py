@@ -37,7 +37,9 @@ def test_fit_validate_test_export_and_load(trained_run, tmp_path, capsys):
 
     claim = tmp_path / "claim.json"
     claim.write_text(json.dumps({"claim": "A beats B", "setup": "3 seeds", "columns": ["arm", "score"],
-                                 "rows": [["A", "0.9 ± 0.1"], ["B", "0.5 ± 0.1"]], "verdict": "A wins here"}))
+                                 "rows": [["A", "0.9 ± 0.1"], ["B", "0.5 ± 0.1"]], "verdict": "A wins here",
+                                 "figure": "grid.png"}))
+    (tmp_path / "grid.png").write_bytes(b"\x89PNG\r\n\x1a\n fake pixels")
     out = tmp_path / "tiny-export"
     assert main(["export", str(ckpt), str(out), "--claim", str(claim), "--repo-id", "me/tiny"]) == 0
     assert "hub folder written to" in capsys.readouterr().out
@@ -59,6 +61,8 @@ def test_fit_validate_test_export_and_load(trained_run, tmp_path, capsys):
     assert "zoo fit -c" in text and "tinytest.yaml" in text and "--trainer.max_steps=34" in text
     assert f"| optimizer steps | {torch.load(ckpt, weights_only=True)['global_step']} " in text
     assert "A wins here" in text and 'zoo.from_pretrained("me/tiny")' in text
+    assert "](grid.png)" in text and (out / "grid.png").read_bytes() == (tmp_path / "grid.png").read_bytes()
+    assert "grid.png" in json.loads((out / "config.json").read_text())["files"]
     assert "max_steps: 34" in text  # the resolved config is in the card
 
 

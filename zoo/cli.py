@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from zoo.hub.pretrained import (
     _instantiate,
     assign_state,
     check_keys,
+    load_claim,
     load_upstream,
     push_to_hub,
     read_config,
@@ -218,9 +220,9 @@ def cmd_export(argv: Sequence[str]) -> int:
     results = json.loads(results_file.read_text()) if results_file and results_file.is_file() else None
     if a.results and results is None:
         raise ConfigError(f"results file {a.results} does not exist")
-    claim = json.loads(Path(a.claim).read_text()) if a.claim else None
+    claim, _ = load_claim(a.claim)
     run = dict(ckpt.get("zoo_run") or {})
-    folder = save_pretrained(module, a.out, results=results, run=run, claim=claim, card=False)
+    folder = save_pretrained(module, a.out, results=results, run=run, claim=a.claim, card=False)
     _write_card(module, folder, results, run, claim, a.name or Path(a.out).name, a.repo_id)
     print(f"hub folder written to {folder}" + ("" if results else f" (no {RESULTS_NAME} found: run `zoo validate` "
                                                                 "with --ckpt_path first to put metrics in the card)"))
@@ -323,6 +325,8 @@ def cmd_sweep(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("ZOO_NUM_THREADS"):  # on a shared CPU one thread is often faster than all of them
+        torch.set_num_threads(int(os.environ["ZOO_NUM_THREADS"]))
     verbs = {"list": cmd_list, "info": cmd_info, "export": cmd_export, "push": cmd_push, "convert": cmd_convert,
              "sweep": cmd_sweep}
     try:

@@ -106,13 +106,36 @@ def _staging_folder(target: Path) -> Iterator[Path]:
         raise
 
 
+def load_claim(claim: dict | str | os.PathLike | None) -> tuple[dict | None, Path | None]:
+    """A claim-results dict (from ``bench/results/<family>_claim.json``) and its figure, if it names one
+    (``"figure"``: a file beside the JSON, e.g. a sample grid), which the card then shows."""
+    if claim is None:
+        return None, None
+    base = Path.cwd()
+    if not isinstance(claim, dict):
+        path = Path(claim)
+        try:
+            claim, base = json.loads(path.read_text()), path.parent
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"claim results {path} cannot be read as JSON: {err}") from err
+    figure = claim.get("figure")
+    if not figure:
+        return claim, None
+    figure_path = base / figure
+    if not figure_path.is_file():
+        raise ConfigError(f"claim results name figure {figure!r}, but {figure_path} does not exist; "
+                          "run the bench script that writes it")
+    return claim, figure_path
+
+
 def save_pretrained(module, folder: str | os.PathLike, *, results: dict | None = None, card: bool = True,
-                    claim: dict | None = None, run: dict | None = None, base_model: str | None = None,
-                    overwrite: bool = True) -> Path:
+                    claim: dict | str | os.PathLike | None = None, run: dict | None = None,
+                    base_model: str | None = None, overwrite: bool = True) -> Path:
     """Write ``module`` as a hub folder (format in the module docstring) and return its path.
 
     ``results``: ``{"validation": {"dataset": {...}, "metrics": {"bleu": 21.3}}, ...}`` measured
-    by a validate/test run; ``claim``: a ``bench/results/<family>_claim.json`` dict; ``run``: the
+    by a validate/test run; ``claim``: a ``bench/results/<family>_claim.json`` path or dict (its
+    ``figure`` is copied into the folder and shown in the card); ``run``: the
     run record (defaults to the module's own); ``base_model``: the upstream repo it came from.
     """
     target = Path(folder).expanduser()
@@ -122,7 +145,10 @@ def save_pretrained(module, folder: str | os.PathLike, *, results: dict | None =
         raise ConfigError(f"{target} exists and is not a zoo hub folder; refusing to replace it")
     entry = registry.family_of_class(type(module))
     init_args = module.init_args
+    claim, figure = load_claim(claim)
     with _staging_folder(target) as staging:
+        if figure is not None:
+            shutil.copyfile(figure, staging / figure.name)
         tensors, aliases = _dedupe_tensors(module.state_dict())
         metadata = {"format": "pt", "zoo_class": registry.class_path(type(module)), "aliases": json.dumps(aliases)}
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata=metadata)
