@@ -311,3 +311,52 @@ def test_converter_refuses_pickles_with_code(tmp_path, tokenizer):
                tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointFormatError, match="not a plain tensor state dict"):
         convert_codet5(tmp_path)
+
+
+# ---------------------------------------------------------------------- bimodal dual generation
+class _FixedDraw:
+    """Stands in for the data module's generator: ``random()`` picks the dual-generation direction."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_dual_generation_puts_language_id_first_in_both_directions(tokenizer):
+    data = CodePretrainData(objectives=["dual"], max_length=64, max_target_length=32)
+    data.tokenizer = tokenizer
+    code_nodoc = "def add_numbers(first, second):\n    total = first + second\n    return total\n"
+    features = data.tokenize({"code": [CODE, SNIPPETS[1]], "language": ["python", "python"],
+                              "docstring": ["Add two numbers.", ""], "code_nodoc": [code_nodoc, SNIPPETS[1]]})
+    rows = [dict(zip(features, values)) for values in zip(*features.values())]
+    assert [r["has_doc"] for r in rows] == [True, False]  # only NL-PL pairs train dual generation
+    en, python = tokenizer.convert_tokens_to_ids(["<en>", "<python>"])
+    code_ids = tokenizer(code_nodoc)["input_ids"]
+    nl_ids = tokenizer("Add two numbers.")["input_ids"]
+
+    pl2nl = data.objective_batch(rows, "dual", _FixedDraw(0.1))  # PL -> NL
+    assert pl2nl["objective"] == "dual" and pl2nl["input_ids"].shape[0] == 1
+    assert pl2nl["input_ids"][0].tolist() == code_ids
+    assert pl2nl["labels"][0].tolist() == [nl_ids[0], en] + nl_ids[1:]  # <s> <en> add two numbers . </s>
+    assert tokenizer.decode(pl2nl["labels"][0][2:], skip_special_tokens=True) == "Add two numbers."
+
+    nl2pl = data.objective_batch(rows, "dual", _FixedDraw(0.9))  # NL -> PL
+    assert nl2pl["input_ids"][0].tolist() == nl_ids
+    assert nl2pl["labels"][0].tolist() == [code_ids[0], python] + code_ids[1:]
+    assert tokenizer.decode(nl2pl["labels"][0][2:], skip_special_tokens=True) == code_nodoc
+
+    no_pairs = data.objective_batch(rows[1:], "dual", np.random.default_rng(0))
+    assert no_pairs["objective"] == "msp"  # nothing to translate: falls back to span denoising
+
+    model = CodeT5Module(**TINY)
+    assert len(tokenizer) <= TINY["vocab_size"]
+    for batch in (pl2nl, nl2pl):
+        loss = model.objective_loss(batch)
+        assert torch.isfinite(loss) and loss > 0
+
+    summ = CodeSummarizationData(direction="nl2pl", language_ids=True, max_length=64, max_target_length=32)
+    summ.tokenizer = tokenizer
+    out = summ.tokenize({"code_nodoc": [code_nodoc], "docstring": ["Add two numbers."], "language": ["python"]})
+    assert out["labels"][0][:2] == [code_ids[0], python] and out["labels"][0][2:] == code_ids[1:]

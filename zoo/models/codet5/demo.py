@@ -23,7 +23,15 @@ import zoo
 from zoo.core.module import OptimConfig
 from zoo.models.codet5 import TINY, CodePretrainData, CodeSummarizationData, CodeT5Module
 
-CLAIM = Path("bench/results/codet5_claim.json")
+CLAIM = Path("bench/results/codet5_claim.json")  # written by bench/codet5_claim.py (3 seeds, both arms)
+
+
+def claim_file() -> Path | None:
+    """The measured claim table for the card: from the working directory, else from this checkout's root."""
+    for path in (CLAIM, Path(__file__).resolve().parents[3] / CLAIM):
+        if path.is_file():
+            return path
+    return None
 
 
 def trainer(steps: int, **kwargs) -> pl.Trainer:
@@ -59,7 +67,9 @@ def main(argv: list[str] | None = None) -> Path:
     print("   held-out test:", metrics)
 
     print("3/4 exporting a hub folder with its generated card")
-    claim = json.loads(CLAIM.read_text()) if CLAIM.is_file() else None
+    claim_path = claim_file()
+    claim = json.loads(claim_path.read_text()) if claim_path else None
+    print(f"   card claim table: {claim_path or 'none (run bench/codet5_claim.py to add it)'}")
     folder = zoo.save_pretrained(model, args.out, results=results, claim=claim)
     reloaded = zoo.from_pretrained(folder)
 
