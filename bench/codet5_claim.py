@@ -30,8 +30,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from zoo.models.codet5 import TINY, CodePretrainData, CodeSummarizationData, CodeT5Module
 from zoo.core.module import OptimConfig
+from zoo.models.codet5 import TINY, CodePretrainData, CodeSummarizationData, CodeT5Module
 from zoo.models.codet5.objectives import IGNORE
 from zoo.models.codet5.tokenizer import sentinel_ids
 

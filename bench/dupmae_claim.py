@@ -102,7 +102,7 @@ def finetune(pretrained: DupMAE, seed: int, args, tokenizer) -> dict:
 def references(tokenizer_data: RetrievalData) -> dict:
     """BM25 and MiniLM-L6 on the same held-out queries and corpus."""
     test = tokenizer_data.load_source()["test"]
-    seen, corpus, keys = {}, [], []
+    seen, corpus = {}, []
     for p in test["passage"]:
         if p not in seen:
             seen[p] = len(corpus)

@@ -123,7 +123,8 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LoopbackHub
       ``HF_HUB_DISABLE_TELEMETRY=True``, ``HF_HUB_DISABLE_IMPLICIT_TOKEN=False``; module copies bound at import:
       ``utils._cache_manager.HF_HUB_CACHE``, ``utils._cache_assets.HF_ASSETS_CACHE``, ``utils._http._HUB_ORIGINS``;
       ``huggingface_hub.hf_api.api.endpoint`` (the ``HfApi`` behind the module-level ``upload_file``,
-      ``create_repo``, ... functions, built at import time); ``datasets.config.HF_ENDPOINT``/``HUB_DATASETS_URL``/``HF_HUB_OFFLINE`` if ``datasets`` is already imported.
+      ``create_repo``, ... functions, built at import time); ``datasets.config.HF_ENDPOINT``/``HUB_DATASETS_URL``/
+      ``HF_HUB_OFFLINE`` if ``datasets`` is already imported.
     * ``huggingface_hub.utils._http.hf_request_event_hook`` is wrapped so that the client's session refuses any
       non-loopback host (raises ``OfflineModeIsEnabled``; the test then fails at teardown, listing the URLs).
     * the shared ``httpx2`` client is closed before and after (no pooled connection to a dead port), and

@@ -26,7 +26,8 @@ CODE = '''def add_numbers(first, second):
     return total
 '''
 SNIPPETS = [CODE, "def scale(vector, factor):\n    return [factor * value for value in vector]\n",
-            "class Stack:\n    def push(self, item):\n        self.items.append(item)\n        return len(self.items)\n"]
+            "class Stack:\n    def push(self, item):\n"
+            "        self.items.append(item)\n        return len(self.items)\n"]
 TINY = dict(vocab_size=512, d_model=32, d_ff=64, d_kv=16, num_layers=1, num_heads=2, dropout_rate=0.0,
             num_beams=2, max_target_length=16)
 
@@ -237,7 +238,7 @@ def test_pretraining_fit_and_validate_measure_every_objective(stdlib_splits, tmp
     trainer.fit(model, data)
     assert model.tokenizer is data.tokenizer
     seen = set()
-    for i, batch in zip(range(12), data.train_dataloader()):
+    for _, batch in zip(range(12), data.train_dataloader()):
         seen.add(batch["objective"])
     assert seen == {"msp", "it", "mip"}  # chosen per batch, uniformly
     metrics = trainer.validate(model, data, verbose=False)[0]

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 import zoo
 from zoo.errors import ConfigError, KeyMismatchError
 from zoo.models.dnabert2.convert import convert_dnabert2, upstream_config_dict, upstream_state_dict
-from zoo.models.dnabert2.data import (DnaClassificationData, DnaPretrainData, build_task, mask_tokens,
-                                      reverse_complement)
+from zoo.models.dnabert2.data import DnaClassificationData, DnaPretrainData, build_task, mask_tokens, reverse_complement
 from zoo.models.dnabert2.model import DnaBert2Config, DnaBertModel, alibi_slopes
 from zoo.models.dnabert2.module import DnaBert2ForMaskedLM, DnaBert2ForSequenceClassification, load_encoder
 from zoo.models.dnabert2.tokenizer import encode_dna, kmer_tokenizer, scheme_of, train_bpe_tokenizer

@@ -13,7 +13,7 @@ from zoo.errors import CheckpointFormatError, ConfigError, KeyMismatchError
 from zoo.models.dupmae import DupMAE, RetrievalData, SearchIndex, bm25_scores, convert_retromae, retrieval_metrics
 from zoo.models.dupmae.convert import load_encoder
 from zoo.models.dupmae.data import function_pairs, minilm_path, train_wordpiece
-from zoo.models.dupmae.masking import IGNORE, decoder_visibility, encoder_mask, pretrain_batch
+from zoo.models.dupmae.masking import IGNORE, decoder_visibility, encoder_mask
 
 torch.set_num_threads(1)
 SMALL = {"vocab_size": 300, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
@@ -223,7 +223,7 @@ def test_beir_folder_loads_trains_and_evaluates(tmp_path):
         RetrievalData(source=str(tmp_path / "broken"), cache_dir=str(tmp_path / "cache")).load_source()
 
 
-# ---------------------------------------------------------------------------------------------- pretrained init + converter
+# ----------------------------------------------------------------------------------- pretrained init + converter
 def test_minilm_init_matches_the_real_pretrained_bert():
     from transformers import BertModel
 

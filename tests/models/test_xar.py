@@ -22,7 +22,8 @@ def make(**overrides) -> XARModule:
     return XARModule(**{**SMALL, **overrides})
 
 
-@pytest.mark.parametrize("entity,size,expected", [("token", 1, 16), ("cell", 2, 4), ("subsample", 2, 4), ("image", 1, 1)])
+@pytest.mark.parametrize("entity,size,expected",
+                         [("token", 1, 16), ("cell", 2, 4), ("subsample", 2, 4), ("image", 1, 1)])
 def test_entity_layouts_cover_the_grid_once(entity, size, expected):
     order, ids = entity_order(4, entity, size)
     assert sorted(order.tolist()) == list(range(16))

@@ -1,7 +1,7 @@
 """Family codet5: CodeT5 (Wang et al., EMNLP 2021), identifier-aware pre-trained encoder-decoder for code."""
 
-from zoo.models.codet5.data import CodePretrainData, CodeSummarizationData, CodeT5Data
 from zoo.models.codet5.convert import UPSTREAM, convert_codet5
+from zoo.models.codet5.data import CodePretrainData, CodeSummarizationData, CodeT5Data
 from zoo.models.codet5.module import CodeT5Module
 from zoo.registry import ModelEntry, Paper, register, register_datamodule
 
@@ -33,9 +33,11 @@ _COMMON = dict(family="codet5", module_class=CodeT5Module, datamodule_class=Code
 register(ModelEntry(name="codet5-tiny", variant="tiny", config=TINY, default=True,
                     config_file="configs/codet5/tiny-pretrain.yaml",
                     description="tiny CodeT5 for CPU runs on the Python standard library", **_COMMON))
-register(ModelEntry(name="codet5-small", variant="small", config=SMALL, upstream=UPSTREAM["codet5-small"], config_file="configs/codet5/paper-small.yaml",
+register(ModelEntry(name="codet5-small", variant="small", config=SMALL, upstream=UPSTREAM["codet5-small"],
+                    config_file="configs/codet5/paper-small.yaml",
                     description="CodeT5-small (60.5M): 6+6 layers, d_model 512", **_COMMON))
-register(ModelEntry(name="codet5-base", variant="base", config=BASE, upstream=UPSTREAM["codet5-base"], config_file="configs/codet5/paper-base.yaml",
+register(ModelEntry(name="codet5-base", variant="base", config=BASE, upstream=UPSTREAM["codet5-base"],
+                    config_file="configs/codet5/paper-base.yaml",
                     description="CodeT5-base (222.9M): 12+12 layers, d_model 768", **_COMMON))
 register(ModelEntry(name="codet5-large", variant="large", config=LARGE, upstream=UPSTREAM["codet5-large"],
                     description="CodeT5-large (770M, Le et al. 2022 CodeRL): 24+24 layers, d_model 1024", **_COMMON))

@@ -48,7 +48,7 @@ class Identifier(NamedTuple):
     name: str
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parser_for(language: str) -> Parser:
     if language not in GRAMMARS:
         raise ConfigError(f"no tree-sitter grammar for language {language!r}; supported: {sorted(GRAMMARS)}")

@@ -223,7 +223,8 @@ class CodeT5Module(ZooModule):
                       max_length: int | None = None) -> list[str]:
         """Beam search (the paper's decoding), returned as text."""
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                  num_beams=num_beams or self.num_beams, max_length=max_length or self.max_target_length,
+                                  num_beams=num_beams or self.num_beams,
+                                  max_length=max_length or self.max_target_length,
                                   early_stopping=True)
         return self.decode(out)
 

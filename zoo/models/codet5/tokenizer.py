@@ -7,7 +7,7 @@ language-id token per language for bimodal dual generation (``<en>``, ``<python>
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast

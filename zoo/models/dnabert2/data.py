@@ -15,14 +15,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 from importlib import resources
-from typing import Any, Literal
+from typing import Any
 
 import datasets
 import torch
 
 from zoo.core.data import ZooDataModule, pad_sequences
 from zoo.errors import ConfigError
-from zoo.models.dnabert2.tokenizer import Scheme, SPECIAL_TOKENS, encode_dna, make_tokenizer, scheme_of
+from zoo.models.dnabert2.tokenizer import SPECIAL_TOKENS, Scheme, encode_dna, make_tokenizer, scheme_of
 
 #: name -> (file in pyrodigal/tests/data, organism)
 GENOMES = {
@@ -245,7 +245,8 @@ class DnaPretrainData(_DnaData):
                     rows["sequence"].append(seq), rows["group"].append(group)
             return datasets.Dataset.from_dict(rows)
 
-        return self.cached("pretrain", [DATA_VERSION, self.genomes, self.window_bp, self.block_bp, self.genome_bp], build)
+        key = [DATA_VERSION, self.genomes, self.window_bp, self.block_bp, self.genome_bp]
+        return self.cached("pretrain", key, build)
 
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self._pad(rows)

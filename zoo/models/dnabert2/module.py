@@ -14,7 +14,7 @@ from torch import nn
 
 from zoo.core.module import OptimConfig, ZooModule
 from zoo.errors import CheckpointFormatError, ConfigError, KeyMismatchError
-from zoo.models.dnabert2.model import (DnaBert2Config, DnaBertModel, DnaBertOnlyMLMHead, init_weights)
+from zoo.models.dnabert2.model import DnaBert2Config, DnaBertModel, DnaBertOnlyMLMHead, init_weights
 from zoo.models.dnabert2.tokenizer import SPECIAL_TOKENS, encode_dna
 
 

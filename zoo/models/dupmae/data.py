@@ -251,7 +251,8 @@ class RetrievalData(ZooDataModule):
             self._negative_pool = {}
             for i, g in enumerate(train["group_id"]):
                 self._negative_pool.setdefault(g, []).append(i)
-        same = [i for i in self._negative_pool.get(row["group_id"], []) if train[i]["passage_key"] != row["passage_key"]]
+        same = [i for i in self._negative_pool.get(row["group_id"], [])
+                if train[i]["passage_key"] != row["passage_key"]]
         picked = rng.sample(same, min(n, len(same)))
         while len(picked) < n:
             i = rng.randrange(len(train))

@@ -13,7 +13,8 @@ with every representation (cls, mean, ot, unified); the headline ``val/mrr`` use
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F

@@ -17,8 +17,8 @@ Metrics are torchmetrics retrieval metrics: MRR@10, nDCG@10 and Recall@k.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

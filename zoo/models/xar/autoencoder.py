@@ -249,7 +249,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """A safetensors file or a torch pickle read with ``weights_only=True`` (never arbitrary code)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointFormatError(f"checkpoint file {path} does not exist; pass the path of a .safetensors or .pth file")
+        raise CheckpointFormatError(f"checkpoint file {path} does not exist; "
+                                    "pass the path of a .safetensors or .pth file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -37,7 +37,8 @@ def _check_layout(state: dict[str, Tensor], module: XARModule) -> None:
                                    f"(shape {tuple(state['mask'].shape)}); build the model with the entity / "
                                    "entity_size / grid the checkpoint was trained with", mismatched=["mask"])
     cos = state.get("encoder_blocks.0.attn.rope.freqs_cos")
-    if cos is not None and (cos.shape != net.rope_cos.shape or not torch.allclose(cos.float(), net.rope_cos, atol=1e-5)):
+    if cos is not None and (cos.shape != net.rope_cos.shape
+                            or not torch.allclose(cos.float(), net.rope_cos, atol=1e-5)):
         raise KeyMismatchError("the checkpoint's RoPE table orders positions differently from this model; "
                                "check the entity layout and head dimension",
                                mismatched=["encoder_blocks.0.attn.rope.freqs_cos"])

@@ -100,7 +100,8 @@ class XARModule(ZooModule):
             raise ConfigError("eval_samples scores samples with the shipped 8x8 digit classifier; it needs "
                               "channels=1, image_size=8, num_classes=10 (set eval_samples=0 for other data)")
         if latent not in ("patch", "kl"):
-            raise ConfigError(f"latent={latent!r}; use 'patch' (identity patches) or 'kl' (the family's KL autoencoder)")
+            raise ConfigError(f"latent={latent!r}; use 'patch' (identity patches) "
+                              "or 'kl' (the family's KL autoencoder)")
         if context not in ("noisy", "clean"):
             raise ConfigError(f"context={context!r}; use 'noisy' (Noisy Context Learning) or 'clean' (teacher forcing)")
         if not 0 <= ema_decay < 1:
