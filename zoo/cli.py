@@ -34,10 +34,8 @@ from zoo.hub.pretrained import (
     _instantiate,
     assign_state,
     check_keys,
-    load_claim,
     load_upstream,
     push_to_hub,
-    read_config,
     save_pretrained,
 )
 
@@ -220,25 +218,11 @@ def cmd_export(argv: Sequence[str]) -> int:
     results = json.loads(results_file.read_text()) if results_file and results_file.is_file() else None
     if a.results and results is None:
         raise ConfigError(f"results file {a.results} does not exist")
-    claim, _ = load_claim(a.claim)
-    run = dict(ckpt.get("zoo_run") or {})
-    folder = save_pretrained(module, a.out, results=results, run=run, claim=a.claim, card=False)
-    _write_card(module, folder, results, run, claim, a.name or Path(a.out).name, a.repo_id)
+    folder = save_pretrained(module, a.out, results=results, run=dict(ckpt.get("zoo_run") or {}), claim=a.claim,
+                             model_name=a.name, repo_id=a.repo_id)
     print(f"hub folder written to {folder}" + ("" if results else f" (no {RESULTS_NAME} found: run `zoo validate` "
                                                                 "with --ckpt_path first to put metrics in the card)"))
     return 0
-
-
-def _write_card(module, folder: Path, results, run, claim, name, repo_id, base_model=None) -> None:
-    """Render the card with the folder's name, then re-hash (config.json lists every file's sha256)."""
-    from zoo.hub.card import render_card
-    from zoo.hub.pretrained import CARD_NAME, CONFIG_NAME, sha256_file
-
-    config = read_config(folder)
-    (folder / CARD_NAME).write_text(render_card(module, config=config, results=results, run=run, claim=claim,
-                                                model_name=name, repo_id=repo_id, base_model=base_model))
-    config["files"][CARD_NAME] = sha256_file(folder / CARD_NAME)
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def cmd_push(argv: Sequence[str]) -> int:
@@ -284,8 +268,7 @@ def cmd_convert(argv: Sequence[str]) -> int:
                               "and not a local folder")
         module = load_upstream(a.source, revision=a.revision, local_files_only=a.local_files_only)
         base = a.source
-    folder = save_pretrained(module, a.out, base_model=base, card=False)
-    _write_card(module, folder, None, module.run_record(), None, Path(a.out).name, None, base_model=base)
+    folder = save_pretrained(module, a.out, base_model=base)
     print(f"converted {a.source} -> {folder}")
     return 0
 

@@ -130,13 +130,15 @@ def load_claim(claim: dict | str | os.PathLike | None) -> tuple[dict | None, Pat
 
 def save_pretrained(module, folder: str | os.PathLike, *, results: dict | None = None, card: bool = True,
                     claim: dict | str | os.PathLike | None = None, run: dict | None = None,
-                    base_model: str | None = None, overwrite: bool = True) -> Path:
+                    base_model: str | None = None, model_name: str | None = None, repo_id: str | None = None,
+                    overwrite: bool = True) -> Path:
     """Write ``module`` as a hub folder (format in the module docstring) and return its path.
 
     ``results``: ``{"validation": {"dataset": {...}, "metrics": {"bleu": 21.3}}, ...}`` measured
     by a validate/test run; ``claim``: a ``bench/results/<family>_claim.json`` path or dict (its
     ``figure`` is copied into the folder and shown in the card); ``run``: the
-    run record (defaults to the module's own); ``base_model``: the upstream repo it came from.
+    run record (defaults to the module's own); ``base_model``: the upstream repo it came from;
+    ``model_name`` / ``repo_id``: the card's title (default: the folder's name) and usage snippet.
     """
     target = Path(folder).expanduser()
     if target.exists() and not overwrite:
@@ -169,7 +171,8 @@ def save_pretrained(module, folder: str | os.PathLike, *, results: dict | None =
             from zoo.hub.card import render_card
 
             text = render_card(module, config=config, results=results, run=run or module.run_record(),
-                               claim=claim, base_model=base_model)
+                               claim=claim, base_model=base_model, model_name=model_name or target.name,
+                               repo_id=repo_id)
             (staging / CARD_NAME).write_text(text, encoding="utf-8")
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         config["files"] = {p.relative_to(staging).as_posix(): sha256_file(p) for p in files}
@@ -483,13 +486,15 @@ def push_to_hub(folder_or_module, repo_id: str, *, revision: str | None = None, 
     with contextlib.ExitStack() as stack:
         if isinstance(folder_or_module, (str, os.PathLike)):
             folder = Path(folder_or_module)
-            verify_files(folder, read_config(folder)["files"])  # refuse to publish a broken or foreign folder
+            config = read_config(folder)
+            verify_files(folder, config["files"])  # refuse to publish a broken or foreign folder
         else:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "model"
-            save_pretrained(folder_or_module, folder)
+            save_pretrained(folder_or_module, folder, repo_id=repo_id)
+            config = read_config(folder)
         api.create_repo(repo_id, private=private, exist_ok=True)
         if branch and branch != "main":
             api.create_branch(repo_id, branch=branch, exist_ok=True)
-        message = commit_message or f"Upload {read_config(folder)['family']} model with zoo"
+        message = commit_message or f"Upload {config['family']} model with zoo"
         return api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=branch, create_pr=create_pr,
                                  commit_message=message)
