@@ -132,9 +132,15 @@ def trainer(steps: int, test_batches: int, callbacks: list | None = None) -> pl.
                       num_sanity_val_steps=0, limit_test_batches=test_batches, callbacks=callbacks)
 
 
+def architecture(args: argparse.Namespace) -> dict:
+    """TINY, resized by the --d-model / --d-ff / --layers / --heads flags (same for both arms)."""
+    return {**TINY, "vocab_size": args.vocab + 160, "d_model": args.d_model, "d_ff": args.d_ff,
+            "num_layers": args.layers, "num_heads": args.heads, "d_kv": args.d_model // args.heads}
+
+
 def run_arm(objectives: list[str], seed: int, args, shared: CodePretrainData) -> tuple[dict[str, float], dict]:
     pl.seed_everything(seed, workers=True)
-    model = CodeT5Module(**{**TINY, "vocab_size": args.vocab + 160},
+    model = CodeT5Module(**architecture(args),
                          optim=OptimConfig(lr=args.lr, warmup=0.05, weight_decay=0.01))
     data = CodePretrainData(objectives=objectives, batch_size=16, max_length=128, max_target_length=64,
                             tokenizer_vocab_size=args.vocab, limit=args.limit, seed=0)
@@ -180,6 +186,10 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4000)
     parser.add_argument("--limit", type=int, default=4000)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--d-model", type=int, default=TINY["d_model"])
+    parser.add_argument("--d-ff", type=int, default=TINY["d_ff"])
+    parser.add_argument("--layers", type=int, default=TINY["num_layers"])
+    parser.add_argument("--heads", type=int, default=TINY["num_heads"])
     parser.add_argument("--test-batches", type=int, default=12)
     parser.add_argument("--out", default="bench/results/codet5_claim.json")
     parser.add_argument("--rewrite", action="store_true",
@@ -287,12 +297,13 @@ def write(args, shared, raw, curves, done, started) -> None:
                f"BLEU-4 scores a fixed output rather than summarization. Pre-training loss "
                f"{'flattened for every arm, seed and objective by the 10%-window test, but still fell by ' + f'{drift:.1%}' + ' on average over the second half of training (slow drift, not full convergence)' if all_flat else 'had NOT fully flattened within the step budget (see setup), so longer runs could change the numbers'}.")
     sizes = {k: len(v) for k, v in shared.splits.items()}
-    params = sum(p.numel() for p in CodeT5Module(**{**TINY, "vocab_size": args.vocab + 160}).parameters()) / 1e6
+    params = sum(p.numel() for p in CodeT5Module(**architecture(args)).parameters()) / 1e6
     result = {
         "family": "codet5",
         "claim": "Identifier-aware pre-training (MSP+IT+MIP) teaches the model to recover identifiers "
                  "(MIP) without hurting span denoising (MSP), and helps downstream code summarization.",
-        "setup": (f"tiny T5 ({params:.2f}M params), byte-level BPE {args.vocab}, {args.steps} pre-training + "
+        "setup": (f"small T5 ({args.layers}+{args.layers} layers, d_model {args.d_model}, d_ff {args.d_ff}, "
+                  f"{args.heads} heads; {params:.2f}M params), byte-level BPE {args.vocab}, {args.steps} pre-training + "
                   f"{args.finetune_steps} fine-tuning steps for both arms, batch 16, max length 128, lr {args.lr}, "
                   f"seeds {done} (of {args.seeds} requested; rows are mean ± std over seeds); data: Python "
                   f"{platform.python_version()} standard library functions split by file ({sizes}); test on "
