@@ -12,7 +12,10 @@ the most common name; distinct generated summaries), so a collapsed model cannot
 The JSON is rewritten after every finished seed, so an interrupted run still leaves its seeds;
 ``--rewrite`` (same flags) rebuilds rows, setup and verdict from the stored raw numbers without training.
 
-    python bench/codet5_claim.py --steps 200 --finetune-steps 100 --seeds 0 1 2
+    python bench/codet5_claim.py                       # 3 seeds, ~70 min on one core
+    # or in parallel processes, then combined:
+    python bench/codet5_claim.py --seeds 0 1 --out /tmp/a.json & python bench/codet5_claim.py --seeds 2 --out /tmp/b.json
+    python bench/codet5_claim.py --merge /tmp/a.json /tmp/b.json
 """
 
 from __future__ import annotations
@@ -170,7 +173,7 @@ def run_arm(objectives: list[str], seed: int, args, shared: CodePretrainData) ->
 
 def reproduce_command(args: argparse.Namespace) -> str:
     flags = [f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-             for k, v in vars(args).items() if k not in ("out", "rewrite")]
+             for k, v in vars(args).items() if k not in ("out", "rewrite", "merge")]
     return "python bench/codet5_claim.py " + " ".join(flags)
 
 
@@ -182,21 +185,24 @@ def fmt(values: list[float], digits: int = 3) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--finetune-steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--finetune-steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--vocab", type=int, default=4000)
-    parser.add_argument("--limit", type=int, default=4000)
+    parser.add_argument("--limit", type=int, default=20000, help="at most this many functions per split")
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--d-model", type=int, default=TINY["d_model"])
-    parser.add_argument("--d-ff", type=int, default=TINY["d_ff"])
-    parser.add_argument("--layers", type=int, default=TINY["num_layers"])
+    parser.add_argument("--d-model", type=int, default=128)  # ~1.9M parameters, the spec's 1-2M
+    parser.add_argument("--d-ff", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--heads", type=int, default=TINY["num_heads"])
     parser.add_argument("--test-batches", type=int, default=12)
     parser.add_argument("--out", default="bench/results/codet5_claim.json")
     parser.add_argument("--rewrite", action="store_true",
                         help="no training: rebuild rows, setup and verdict from the raw numbers already in --out "
                              "(same flags as the run that wrote it)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="no training: combine runs made with the same flags for other seeds (e.g. in parallel "
+                             "processes) into --out; --seeds names them all")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -206,6 +212,9 @@ def main() -> None:
     shared.setup("fit")
     if args.rewrite:
         rewrite(args, shared, started)
+        return
+    if args.merge:
+        merge(args, shared)
         return
     raw: dict[str, dict] = {arm: {} for arm in ARMS}
     curves: dict[str, dict] = {arm: {} for arm in ARMS}
@@ -276,6 +285,29 @@ def rewrite(args, shared, started) -> None:
     curves = {arm: previous["raw"][arm]["loss_curves"] for arm in ARMS}
     done = [int(key.removeprefix("seed")) for key in curves[next(iter(ARMS))]]
     write(args, shared, raw, curves, done, time.perf_counter() - previous["wall_time_s"])  # keep the run's wall time
+
+
+def merge(args, shared) -> None:
+    """One result from runs of the same flags that each covered some of the seeds."""
+    raw = {arm: {} for arm in ARMS}
+    curves = {arm: {} for arm in ARMS}
+    walls = []
+    for path in args.merge:
+        part = json.loads(Path(path).read_text())
+        part_seeds = [int(k.removeprefix("seed")) for k in part["raw"][next(iter(ARMS))]["loss_curves"]]
+        expected = reproduce_command(argparse.Namespace(**{**vars(args), "seeds": part_seeds, "merge": None}))
+        if part["script"] != expected:
+            raise SystemExit(f"{path} was made with other flags: {part['script']}\nexpected {expected}")
+        for arm in ARMS:
+            for name, values in part["raw"][arm].items():
+                if name != "loss_curves":
+                    raw[arm].setdefault(name, []).extend(values)
+            curves[arm].update(part["raw"][arm]["loss_curves"])
+        walls.append(part["wall_time_s"])
+    done = [int(k.removeprefix("seed")) for k in curves[next(iter(ARMS))]]
+    if sorted(done) != sorted(args.seeds):
+        raise SystemExit(f"the merged files hold seeds {done}, but --seeds says {args.seeds}")
+    write(args, shared, raw, curves, done, time.perf_counter() - max(walls))  # parallel parts: the longest one
 
 
 def write(args, shared, raw, curves, done, started) -> None:

@@ -111,6 +111,19 @@ def test_tokenized_splits_are_cached_on_disk(tmp_path):
     assert second.splits["train"].cache_files[0]["filename"] in {str(f) for f in files}
 
 
+def test_changed_tokenize_version_rebuilds_the_cache(tmp_path, monkeypatch):
+    first = TinyData()
+    first.cache_dir = tmp_path
+    first.setup("fit")
+    old = set((tmp_path / "tokenized").glob("*.arrow"))
+    monkeypatch.setattr(TinyData, "tokenize_version", TinyData.tokenize_version + 1)  # tokenize() output changed
+    second = TinyData()
+    second.cache_dir = tmp_path
+    second.setup("fit")
+    new = set((tmp_path / "tokenized").glob("*.arrow")) - old
+    assert len(new) == 3  # same class, rows and tokenizer: only the version tells the stale cache apart
+
+
 def write_split_files(folder, rows_by_split, ext="csv"):
     folder.mkdir()
     for split, rows in rows_by_split.items():

@@ -79,7 +79,10 @@ def test_it_labels_and_mip_share_one_sentinel_per_identifier(tokenizer):
     masked = tokenizer.decode(feats["mip_input_ids"][0])
     assert "first" not in masked and masked.count("<extra_id_1>") == 2  # `first` occurs twice, one sentinel
     target = tokenizer.decode(feats["mip_labels"][0], skip_special_tokens=False)
-    assert target == "<s><extra_id_0>add_numbers<extra_id_1>first<extra_id_2>second<extra_id_3>total</s>"
+    assert target == "<s><extra_id_0> add_numbers<extra_id_1> first<extra_id_2> second<extra_id_3> total</s>"
+    # names are spelled as after a space in code, so a name seen in the input can be copied token for token
+    target_tokens = set(tokenizer.convert_ids_to_tokens(feats["mip_labels"][0]))
+    assert {"Ġfirst", "Ġsecond"} <= target_tokens and {"Ġfirst", "Ġsecond"} <= set(tokens)
 
 
 def test_msp_masks_whole_words_at_the_rate_and_reconstructs(tokenizer):

@@ -87,6 +87,8 @@ class ZooDataModule(CapturesInitArgs, pl.LightningDataModule):
     group_column: ClassVar[str | None] = "group"
     #: columns a local file must have
     required_columns: ClassVar[tuple[str, ...]] = ()
+    #: bump when ``tokenize()`` output changes for the same rows, so cached tokenized splits are rebuilt
+    tokenize_version: ClassVar[int] = 1
 
     def __init__(
         self,
@@ -289,8 +291,8 @@ class ZooDataModule(CapturesInitArgs, pl.LightningDataModule):
     def _tokenized(self, split: str, data: datasets.Dataset) -> datasets.Dataset:
         if type(self).tokenize is ZooDataModule.tokenize:
             return data
-        fingerprint = stable_hash(type(self).__qualname__, self.init_args, content_fingerprint(data),
-                                  self._tokenizer_fingerprint(), split)
+        fingerprint = stable_hash(type(self).__qualname__, self.tokenize_version, self.init_args,
+                                  content_fingerprint(data), self._tokenizer_fingerprint(), split)
         cache_file = self.cache_dir / "tokenized" / f"{type(self).__name__}-{split}-{fingerprint}.arrow"
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         return data.map(self.tokenize, batched=True, remove_columns=data.column_names, new_fingerprint=fingerprint,

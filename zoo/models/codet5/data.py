@@ -174,6 +174,8 @@ class CodePretrainData(CodeT5Data):
     measures every objective on the same held-out files.
     """
 
+    tokenize_version = 2  # 2: MIP targets put a space before each name
+
     def __init__(self, objectives: list[str] = ("msp", "it", "mip"), mask_rate: float = 0.15, max_span: int = 5,
                  source: str = "embedded", batch_size: int = 16, max_length: int = 256,
                  max_target_length: int = 128, tokenizer_vocab_size: int = 32000, tokenizer_min_frequency: int = 3,

@@ -85,7 +85,9 @@ def _obfuscate(code: str, idents) -> tuple[str, str]:
             pieces += [code[last:ident.start], sentinel(index[ident.name])]
             last = ident.end
     pieces.append(code[last:])
-    target = "".join(sentinel(k) + name for name, k in index.items())
+    # `<s0> name0<s1> name1 ...`: the space makes byte-level BPE spell each name as it appears after a
+    # space in code (` first` is one token); glued to the sentinel it fell into rare pieces (`fi r st`)
+    target = "".join(f"{sentinel(k)} {name}" for name, k in index.items())
     return "".join(pieces), target
 
 
