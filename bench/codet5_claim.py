@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import statistics
 import time
 from collections import Counter
@@ -296,7 +297,8 @@ def merge(args, shared) -> None:
         part = json.loads(Path(path).read_text())
         part_seeds = [int(k.removeprefix("seed")) for k in part["raw"][next(iter(ARMS))]["loss_curves"]]
         expected = reproduce_command(argparse.Namespace(**{**vars(args), "seeds": part_seeds, "merge": None}))
-        if part["script"] != expected:
+        # a part may have been stopped after some of its seeds: compare every flag but --seeds
+        if re.sub(r"--seeds [\d ]+", "", part["script"]) != re.sub(r"--seeds [\d ]+", "", expected):
             raise SystemExit(f"{path} was made with other flags: {part['script']}\nexpected {expected}")
         for arm in ARMS:
             for name, values in part["raw"][arm].items():
