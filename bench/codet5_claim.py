@@ -212,7 +212,7 @@ def main() -> None:
                               tokenizer_vocab_size=args.vocab, limit=args.limit, seed=0)
     shared.setup("fit")
     if args.rewrite:
-        rewrite(args, shared, started)
+        rewrite(args, shared)
         return
     if args.merge:
         merge(args, shared)
@@ -229,7 +229,7 @@ def main() -> None:
             print(arm, seed, metrics, {k: v.get("flattened") for k, v in curve["pretrain"].items()},
                   curve["diagnostics"], flush=True)
         done.append(seed)
-        write(args, shared, raw, curves, done, started)
+        write(args, shared, raw, curves, done, time.perf_counter() - started)
 
 
 def second_half_drop(curve: dict) -> float:
@@ -256,11 +256,6 @@ def flat_text(curves: dict, arm: str) -> str:
     return f"{arm}: " + "; ".join(parts)
 
 
-def other_names(diagnostics: dict) -> str:
-    value = diagnostics.get("exact_match_other_names")
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def diagnostics_text(curves: dict, arm: str) -> str:
     """Per arm: are the MIP predictions and the summaries varied, or one constant output?"""
     mip = [c["diagnostics"]["mip"] for c in curves[arm].values()]
@@ -274,18 +269,18 @@ def diagnostics_text(curves: dict, arm: str) -> str:
             f"mip_exact_match's token ids) "
             f"{joined(str(d['hits']) for d in mip)}, of which on that prediction "
             f"{joined(str(d['hits_on_top_prediction']) for d in mip)}; exact match (decoded) on the names other than "
-            f"{mip[0]['most_common_true_name']!r}: {joined(other_names(d) for d in mip)}; summaries "
+            f"{mip[0]['most_common_true_name']!r}: {joined(format(d['exact_match_other_names'], '.3f') for d in mip)}; summaries "
             f"{joined(str(d['distinct_summaries']) for d in summ)} distinct of {summ[0]['summaries']} per seed")
 
 
-def rewrite(args, shared, started) -> None:
+def rewrite(args, shared) -> None:
     previous = json.loads(Path(args.out).read_text())
     if previous["script"] != reproduce_command(args):
         raise SystemExit(f"--rewrite needs the flags of the run that wrote {args.out}: {previous['script']}")
     raw = {arm: {k: v for k, v in previous["raw"][arm].items() if k != "loss_curves"} for arm in ARMS}
     curves = {arm: previous["raw"][arm]["loss_curves"] for arm in ARMS}
     done = [int(key.removeprefix("seed")) for key in curves[next(iter(ARMS))]]
-    write(args, shared, raw, curves, done, time.perf_counter() - previous["wall_time_s"])  # keep the run's wall time
+    write(args, shared, raw, curves, done, previous["wall_time_s"])  # keep the run's wall time
 
 
 def merge(args, shared) -> None:
@@ -295,9 +290,8 @@ def merge(args, shared) -> None:
     walls = []
     for path in args.merge:
         part = json.loads(Path(path).read_text())
-        part_seeds = [int(k.removeprefix("seed")) for k in part["raw"][next(iter(ARMS))]["loss_curves"]]
-        expected = reproduce_command(argparse.Namespace(**{**vars(args), "seeds": part_seeds, "merge": None}))
-        # a part may have been stopped after some of its seeds: compare every flag but --seeds
+        expected = reproduce_command(args)
+        # a part covers (or was stopped after) some of the seeds: compare every flag but --seeds
         if re.sub(r"--seeds [\d ]+", "", part["script"]) != re.sub(r"--seeds [\d ]+", "", expected):
             raise SystemExit(f"{path} was made with other flags: {part['script']}\nexpected {expected}")
         for arm in ARMS:
@@ -309,10 +303,10 @@ def merge(args, shared) -> None:
     done = [int(k.removeprefix("seed")) for k in curves[next(iter(ARMS))]]
     if sorted(done) != sorted(args.seeds):
         raise SystemExit(f"the merged files hold seeds {done}, but --seeds says {args.seeds}")
-    write(args, shared, raw, curves, done, time.perf_counter() - max(walls))  # parallel parts: the longest one
+    write(args, shared, raw, curves, done, max(walls))  # parallel parts: the longest one
 
 
-def write(args, shared, raw, curves, done, started) -> None:
+def write(args, shared, raw, curves, done, wall_s: float) -> None:
     columns = ["arm", "mip_exact_match", "msp_accuracy", "it_f1", "smoothed_bleu4"]
     rows = [[arm] + [fmt(raw[arm][c], 2 if c == "smoothed_bleu4" else 3) for c in columns[1:]] for arm in ARMS]
     mips = {arm: raw[arm]["mip_exact_match"] for arm in ARMS}
@@ -329,17 +323,15 @@ def write(args, shared, raw, curves, done, started) -> None:
                             for k in c["pretrain"] if k != "all")
     summaries = [c["diagnostics"]["summaries"] for arm in ARMS for c in curves[arm].values()]
     collapsed, runs = sum(d["distinct_summaries"] <= 1 for d in summaries), len(summaries)
-    others = {arm: [c["diagnostics"]["mip"].get("exact_match_other_names") for c in curves[arm].values()]
+    others = {arm: [c["diagnostics"]["mip"]["exact_match_other_names"] for c in curves[arm].values()]
               for arm in ARMS}
-    beyond = ""
-    if all(v is not None for vs in others.values() for v in vs):
-        oa, ob = (statistics.mean(v) for v in others.values())
-        other_wins = sum(vb > va for va, vb in zip(*others.values()))
-        size = ("but both are near zero: recovering names beyond the trivial one is barely learned at this scale"
-                if max(oa, ob) < 0.05 else "a real gain in recovered names")
-        beyond = (f" On the names other than {top_true!r} (which a constant guess never gets; decoded exact match) "
-                  f"B scores {ob:.3f} vs A {oa:.3f} (B > A in {other_wins}/{len(others[next(iter(ARMS))])} seeds), "
-                  f"{size if ob > oa else 'so B has no advantage there'}.")
+    oa, ob = (statistics.mean(v) for v in others.values())
+    other_wins = sum(vb > va for va, vb in zip(*others.values()))
+    size = ("but both are near zero: recovering names beyond the trivial one is barely learned at this scale"
+            if max(oa, ob) < 0.05 else "a real gain in recovered names")
+    beyond = (f" On the names other than {top_true!r} (which a constant guess never gets; decoded exact match) "
+              f"B scores {ob:.3f} vs A {oa:.3f} (B > A in {other_wins}/{len(done)} seeds), "
+              f"{size if ob > oa else 'so B has no advantage there'}.")
     verdict = (f"MIP exact match: B {b:.3f} vs A {a:.3f} over {len(done)} seed(s) "
                f"({'B beats A' if b > a else 'B does NOT beat A'} on the mean; B > A in {wins}/{len(done)} seeds); "
                f"summarization smoothed BLEU-4: B {bleu_b:.2f} vs A {bleu_a:.2f} "
@@ -374,7 +366,7 @@ def write(args, shared, raw, curves, done, started) -> None:
                   "CodeT5-base summarization smoothed BLEU-4 (Python)": 20.01},
         "script": reproduce_command(args),
         "raw": {arm: {**raw[arm], "loss_curves": curves[arm]} for arm in ARMS},
-        "wall_time_s": round(time.perf_counter() - started, 1),
+        "wall_time_s": round(wall_s, 1),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(args.out).with_suffix(".json.tmp")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from zoo.models.dupmae.module import DupMAE  # noqa: E402
 from zoo.models.dupmae.search import REPRESENTATIONS, bm25_scores, retrieval_metrics  # noqa: E402
 
 ARMS = {"mlm": "A: MLM", "retromae": "B: RetroMAE ([CLS] decoder)", "dupmae": "C: DupMAE (+BoW)"}
+NAMES = {"mlm": "MLM", "retromae": "RetroMAE", "dupmae": "DupMAE"}
 METRICS = ("mrr", "ndcg")
 
 
@@ -196,8 +196,8 @@ def summarise(runs: list[dict], refs: dict, args, wall: float) -> dict:
     verdict = verdict_text(means, runs, refs)
     if args.init == "minilm" and "minilm_cls" in refs and all((a, "mrr", "cls") in means for a in ARMS):
         start = {rep: refs[f"minilm_{rep}"]["mrr"] for rep in ("cls", "mean")}
-        change = lambda rep: ", ".join(f"{ARMS[a].split(':')[1].split('(')[0].strip()} "  # noqa: E731
-                                       f"{means[(a, 'mrr', rep)] - start[rep]:+.3f}" for a in ARMS)
+        change = lambda rep: ", ".join(f"{NAMES[a]} {means[(a, 'mrr', rep)] - start[rep]:+.3f}"  # noqa: E731
+                                       for a in ARMS)
         verdict += (f" Against MiniLM-L6 as every arm starts ([CLS] MRR@10 {start['cls']:.3f}, mean pooling "
                     f"{start['mean']:.3f}), continued pre-training changes [CLS] by {change('cls')} and mean "
                     f"pooling by {change('mean')}.")
@@ -224,6 +224,11 @@ def summarise(runs: list[dict], refs: dict, args, wall: float) -> dict:
     }
 
 
+def chance_mrr10(refs: dict) -> float:
+    """MRR@10 of a random ranking of N passages with one relevant: (1/N) sum_{r<=10} 1/r."""
+    return sum(1 / r for r in range(1, 11)) / max(1, refs.get("n_corpus", 1))
+
+
 def scratch_text(path: Path) -> str:
     """One sentence on the from-scratch run, so the card shows both scales."""
     if not path.is_file():
@@ -232,7 +237,7 @@ def scratch_text(path: Path) -> str:
     runs, refs = scratch["raw"]["runs"], scratch["raw"]["references"]
     unified = {a: statistics.mean(r["metrics"]["mrr_unified"] for r in runs if r["arm"] == a) for a in ARMS}
     a = scratch["raw"]["args"]
-    chance = sum(1 / r for r in range(1, 11)) / max(1, refs.get("n_corpus", 1))
+    chance = chance_mrr10(refs)
     return (f"From scratch instead ({a['layers']}-layer {a['hidden']}-d BERT, {a['steps']} steps, "
             f"{len(a['seeds'])} seeds; {path.name}), every arm retrieves near chance: unified MRR@10 DupMAE "
             f"{unified['dupmae']:.3f}, RetroMAE {unified['retromae']:.3f}, MLM {unified['mlm']:.3f} vs chance "
@@ -251,8 +256,7 @@ def verdict_text(means: dict, runs: list[dict], refs: dict) -> str:
         spread[a] = statistics.stdev(values) if len(values) > 1 else 0.0
     significant = (u["dupmae"] - u["retromae"] > spread["dupmae"] + spread["retromae"]
                    and u["retromae"] - u["mlm"] > spread["retromae"] + spread["mlm"])
-    # a random ranking of N passages with one relevant: E[RR@10] = (1/N) sum_{r<=10} 1/r
-    chance = sum(1 / r for r in range(1, 11)) / max(1, refs.get("n_corpus", 1))
+    chance = chance_mrr10(refs)
     finetuned = ""
     if all((a, "ft_mrr", "unified") in means for a in ARMS):
         f = {a: means[(a, "ft_mrr", "unified")] for a in ARMS}
@@ -301,8 +305,7 @@ def main() -> None:
         previous = json.loads(out.read_text())
         raw = previous["raw"]
         args = argparse.Namespace(**{**vars(args), **raw["args"], "out": args.out, "rewrite": False})
-        wall = previous.get("wall_time_s") or 60 * float(re.search(r"total wall ([\d.]+) min", previous["setup"])[1])
-        result = summarise(raw["runs"], raw["references"], args, wall)
+        result = summarise(raw["runs"], raw["references"], args, previous["wall_time_s"])
         out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
         print(result["verdict"])
         return
